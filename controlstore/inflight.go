@@ -1,0 +1,115 @@
+package controlstore
+
+import (
+	"context"
+	"sync"
+)
+
+// callShards spreads in-flight registrations so that calls of different ops
+// rarely share a lock.
+const callShards = 32
+
+type callShard struct {
+	mu    sync.Mutex
+	byKey map[opKey]*Call // head of a list of calls of one op; zero key: no op
+}
+
+// Call is an in-flight call registered with Track. Release it when the call
+// ends.
+type Call struct {
+	shard      *callShard
+	key        opKey
+	cancel     context.CancelCauseFunc
+	prev, next *Call
+	linked     bool
+}
+
+// Track registers an in-flight call of op so that a TERMINATE of op, of this
+// agent, or of every agent cancels it: cancel is called with the
+// *TerminatedError as cause (read it back with context.Cause). If a scope of
+// op is already terminated, cancel is called before Track returns, so there
+// is no window between a passing check and the registration. Call Release
+// on the result when the call ends; cancel must be safe to call more than
+// once (context.CancelCauseFunc is).
+func (s *Store) Track(op Op, cancel context.CancelCauseFunc) *Call {
+	sh := &s.calls[op.key.hash(&s.seed)%callShards]
+	c := &Call{shard: sh, key: op.key, cancel: cancel}
+	sh.mu.Lock()
+	c.next = sh.byKey[c.key]
+	if c.next != nil {
+		c.next.prev = c
+	}
+	sh.byKey[c.key] = c
+	c.linked = true
+	sh.mu.Unlock()
+
+	// Apply sets state before it cancels calls, and we registered before we
+	// read state: either Apply sees this call or we see its terminate.
+	if te, ok := s.Check(op).(*TerminatedError); ok {
+		cancel(te)
+	}
+	return c
+}
+
+// Release unregisters the call. It is safe to call more than once.
+func (c *Call) Release() {
+	sh := c.shard
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if !c.linked {
+		return
+	}
+	c.linked = false
+	if c.prev != nil {
+		c.prev.next = c.next
+	} else if c.next != nil {
+		sh.byKey[c.key] = c.next
+	} else {
+		delete(sh.byKey, c.key)
+	}
+	if c.next != nil {
+		c.next.prev = c.prev
+	}
+	c.prev, c.next = nil, nil
+}
+
+// InFlight returns the number of calls currently registered with Track.
+func (s *Store) InFlight() int {
+	n := 0
+	for i := range s.calls {
+		sh := &s.calls[i]
+		sh.mu.Lock()
+		for _, c := range sh.byKey {
+			for ; c != nil; c = c.next {
+				n++
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// cancelCalls cancels the calls covered by terminated entry e: every call
+// for a reserved scope, the calls of e's op otherwise.
+func (s *Store) cancelCalls(e *entry) {
+	cause := e.termErr
+	if e.termErr.Scope != ScopeOp {
+		for i := range s.calls {
+			sh := &s.calls[i]
+			sh.mu.Lock()
+			for _, c := range sh.byKey {
+				for ; c != nil; c = c.next {
+					c.cancel(cause)
+				}
+			}
+			sh.mu.Unlock()
+		}
+		return
+	}
+	sh := &s.calls[e.hash%callShards]
+	sh.mu.Lock()
+	for c := sh.byKey[e.key]; c != nil; c = c.next {
+		c.cancel(cause)
+	}
+	sh.mu.Unlock()
+}

@@ -1,0 +1,533 @@
+package controlstore
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultMaxEntries is the per-op entry cap when WithMaxEntries is not given.
+// An entry costs about 250 bytes, so the default bounds the store near 4 MiB
+// whatever the gateway sends.
+const DefaultMaxEntries = 16384
+
+// Agent is the agent whose ops a store tracks: the subscription triple sent
+// to the gateway, which must equal the agent's registered identity byte for
+// byte (org and team may be empty).
+type Agent struct {
+	OrgID   string
+	TeamID  string
+	AgentID string
+}
+
+// Store is this agent's local record of op control. One writer (the stream
+// subscriber) applies signals; every gated call reads it. Reads take no lock
+// and allocate nothing. A Store must be created with New.
+type Store struct {
+	agent     Agent
+	agentOpID string
+	max       int
+	seed      hashSeed
+	now       func() time.Time
+
+	// Read side, lock-free. version is a sequence lock: writers make it odd
+	// while they change state, so a reader can tell that the three scopes it
+	// read belong to one moment.
+	armed      atomic.Bool
+	version    atomic.Uint64
+	count      atomic.Int64
+	tab        atomic.Pointer[table]
+	global     entry
+	agentScope entry
+	failClosed atomic.Bool
+
+	// Write side, under mu.
+	mu         sync.Mutex
+	paused     entryList
+	terminated entryList
+	syncCh     chan struct{} // closed and replaced when failClosed changes
+	live       bool
+	liveSince  time.Time
+	stats      Stats
+
+	calls   [callShards]callShard
+	metrics metrics
+}
+
+// entry is the state of one op id. Its key, id and errors never change;
+// state changes only under Store.mu, inside a version bump.
+type entry struct {
+	key      opKey
+	hash     uint64
+	id       string
+	state    atomic.Uint32
+	evicted  atomic.Bool
+	termErr  *TerminatedError
+	pauseErr *PausedError
+
+	changed    chan struct{} // under Store.mu; closed and replaced on every change
+	prev, next *entry        // FIFO of entries in the same state, under Store.mu
+}
+
+func newEntry(id string, sc Scope) *entry {
+	return &entry{
+		id:       id,
+		termErr:  &TerminatedError{OpID: id, Scope: sc},
+		pauseErr: &PausedError{OpID: id, Scope: sc},
+		changed:  make(chan struct{}),
+	}
+}
+
+// New returns an empty store for agent. It panics when agent.AgentID is
+// empty: the agent halt "agent:{agent_id}" could never be matched, and the
+// gateway refuses such a subscription anyway.
+func New(agent Agent, opts ...Option) *Store {
+	if agent.AgentID == "" {
+		panic("controlstore: New needs a non-empty Agent.AgentID")
+	}
+	o := options{maxEntries: DefaultMaxEntries, now: time.Now}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	s := &Store{
+		agent:     agent,
+		agentOpID: AgentOpIDPrefix + agent.AgentID,
+		max:       o.maxEntries,
+		seed:      newHashSeed(),
+		now:       o.now,
+		syncCh:    make(chan struct{}),
+	}
+	s.liveSince = s.now()
+	s.tab.Store(newTable(2 * o.maxEntries))
+	s.global = *newEntry(GlobalOpID, ScopeGlobal)
+	s.agentScope = *newEntry(s.agentOpID, ScopeAgent)
+	for i := range s.calls {
+		s.calls[i].byKey = make(map[opKey]*Call)
+	}
+	s.metrics = newMetrics(o.meterProvider)
+	return s
+}
+
+// Agent returns the agent the store was created for.
+func (s *Store) Agent() Agent { return s.agent }
+
+// Len returns the number of per-op entries held (reserved scopes excluded).
+func (s *Store) Len() int { return int(s.count.Load()) }
+
+// State returns the state recorded under exactly opID: "*" and this agent's
+// "agent:{agent_id}" return their scope's state; an id with no entry is
+// Running. It does not combine scopes; Check does.
+func (s *Store) State(opID string) State {
+	switch {
+	case opID == GlobalOpID:
+		return State(s.global.state.Load())
+	case opID == s.agentOpID:
+		return State(s.agentScope.state.Load())
+	case opID == "" || strings.HasPrefix(opID, AgentOpIDPrefix):
+		return Running
+	}
+	k := parseKey(opID)
+	if e := s.tab.Load().lookup(&k, k.hash(&s.seed)); e != nil {
+		return State(e.state.Load())
+	}
+	return Running
+}
+
+// Check reports, without blocking, whether a call of op may start now:
+// nil, a *TerminatedError (any scope terminated), ErrUnavailable (failing
+// closed), or a *PausedError (held: call Wait). Terminated wins over
+// everything; failing closed wins over paused. The returned errors are
+// shared and must not be modified.
+//
+// Check takes no lock and allocates nothing. With nothing signalled it is
+// one atomic load.
+func (s *Store) Check(op Op) error {
+	if !s.armed.Load() {
+		return nil
+	}
+	if v := s.version.Load(); v&1 == 0 {
+		err := s.evaluate(&op)
+		if s.version.Load() == v {
+			return err
+		}
+	}
+	// A writer changed state while we read. Writers hold mu for well under
+	// a microsecond, so waiting for one is cheaper than spinning.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.evaluate(&op)
+}
+
+// evaluate combines the three scopes of op. Callers guarantee a consistent
+// view (version check or mu).
+func (s *Store) evaluate(op *Op) error {
+	g := State(s.global.state.Load())
+	a := State(s.agentScope.state.Load())
+	var e *entry
+	o := Running
+	if s.count.Load() > 0 && !op.IsZero() {
+		if e = s.tab.Load().lookup(&op.key, op.key.hash(&s.seed)); e != nil {
+			o = State(e.state.Load())
+		}
+	}
+	switch {
+	case g == Terminated:
+		return s.global.termErr
+	case a == Terminated:
+		return s.agentScope.termErr
+	case o == Terminated:
+		return e.termErr
+	case s.failClosed.Load():
+		return ErrUnavailable
+	case o == Paused:
+		return e.pauseErr
+	case a == Paused:
+		return s.agentScope.pauseErr
+	case g == Paused:
+		return s.global.pauseErr
+	}
+	return nil
+}
+
+// Wait gates a call of op: it returns nil as soon as every scope of op is
+// running, at once if nothing holds it. While any scope is paused it blocks,
+// re-checking after every change that concerns op: a RESUME followed at once
+// by a PAUSE keeps it held. It returns a *TerminatedError if a scope is or
+// becomes terminated, ErrUnavailable while failing closed, an *EvictedError
+// if op's paused entry is evicted, and a *PausedError wrapping ctx.Err() if
+// ctx ends first.
+//
+// Only a change of op's own entry, of this agent's scope, of the global
+// scope, or of the fail-closed switch wakes a waiter: signals for other ops
+// never do.
+func (s *Store) Wait(ctx context.Context, op Op) error {
+	err := s.Check(op)
+	if _, held := err.(*PausedError); !held {
+		return err
+	}
+	return s.wait(ctx, &op)
+}
+
+func (s *Store) wait(ctx context.Context, op *Op) error {
+	var waited *entry
+	for {
+		s.mu.Lock()
+		if waited != nil && waited.evicted.Load() {
+			s.mu.Unlock()
+			return &EvictedError{OpID: waited.id}
+		}
+		err := s.evaluate(op)
+		pe, held := err.(*PausedError)
+		if !held {
+			s.mu.Unlock()
+			return err
+		}
+		var opCh <-chan struct{}
+		waited = nil
+		if !op.IsZero() {
+			if waited = s.tab.Load().lookup(&op.key, op.key.hash(&s.seed)); waited != nil {
+				opCh = waited.changed
+			}
+		}
+		agentCh, globalCh, syncCh := s.agentScope.changed, s.global.changed, s.syncCh
+		s.mu.Unlock()
+
+		select {
+		case <-ctx.Done():
+			return &PausedError{OpID: pe.OpID, Scope: pe.Scope, Err: ctx.Err()}
+		case <-opCh:
+		case <-agentCh:
+		case <-globalCh:
+		case <-syncCh:
+		}
+	}
+}
+
+// Apply applies one signal from the gateway:
+//
+//	PAUSE     → Paused, unless Terminated
+//	RESUME    → Running (the entry is removed), unless Terminated
+//	TERMINATE → Terminated, for good: no later signal lifts it
+//
+// opID is "*" (every op), "agent:{agent_id}" (every op of this agent) or any
+// other id (one op, matched as an exact string; ids in OpenTelemetry form
+// are parsed once here). Repeated signals are harmless. Apply rejects, and
+// changes nothing for, an unspecified or unknown signal, an empty id, an id
+// longer than MaxOpIDLen, and an agent halt addressed to another agent; the
+// error is a *RejectedError.
+//
+// Apply is O(1) amortised and never waits for readers. A TERMINATE cancels,
+// before Apply returns, every in-flight call Tracked under a scope it covers.
+func (s *Store) Apply(opID string, sig Signal) error {
+	if err := s.validate(opID, sig); err != nil {
+		s.mu.Lock()
+		s.stats.Rejected++
+		s.mu.Unlock()
+		s.metrics.reject(err.Reason)
+		return err
+	}
+	var scope *entry
+	switch {
+	case opID == GlobalOpID:
+		scope = &s.global
+	case opID == s.agentOpID:
+		scope = &s.agentScope
+	}
+
+	s.mu.Lock()
+	s.version.Add(1)
+	var e *entry
+	if scope != nil {
+		e = scope
+		s.applyScope(scope, sig)
+	} else {
+		e = s.applyOp(opID, sig)
+	}
+	s.rearm()
+	s.version.Add(1)
+	s.stats.Applied++
+	s.mu.Unlock()
+
+	s.metrics.apply(sig)
+	if sig == SignalTerminate && e != nil {
+		s.cancelCalls(e)
+	}
+	return nil
+}
+
+func (s *Store) validate(opID string, sig Signal) *RejectedError {
+	var reason RejectReason
+	switch {
+	case sig == SignalUnspecified:
+		reason = ReasonUnspecifiedSignal
+	case sig < SignalPause || sig > SignalTerminate:
+		reason = ReasonUnknownSignal
+	case opID == "":
+		reason = ReasonEmptyOpID
+	case len(opID) > MaxOpIDLen:
+		reason = ReasonOpIDTooLong
+	case strings.HasPrefix(opID, AgentOpIDPrefix) && opID != s.agentOpID:
+		reason = ReasonForeignAgent
+	default:
+		return nil
+	}
+	return &RejectedError{Reason: reason, OpID: truncate(opID), Signal: sig}
+}
+
+func target(sig Signal) State {
+	switch sig {
+	case SignalPause:
+		return Paused
+	case SignalTerminate:
+		return Terminated
+	}
+	return Running
+}
+
+// applyScope changes a reserved scope. Under mu.
+func (s *Store) applyScope(e *entry, sig Signal) {
+	cur, next := State(e.state.Load()), target(sig)
+	if cur == Terminated || cur == next {
+		return
+	}
+	e.state.Store(uint32(next))
+	notify(e)
+}
+
+// applyOp changes, creates or removes a per-op entry and returns the entry
+// the signal addressed (nil for a RESUME of an unknown op). Under mu.
+func (s *Store) applyOp(opID string, sig Signal) *entry {
+	k := parseKey(opID)
+	h := k.hash(&s.seed)
+	e := s.tab.Load().lookup(&k, h)
+	next := target(sig)
+	if e == nil {
+		if next == Running {
+			return nil
+		}
+		s.makeRoom()
+		e = newEntry(opID, ScopeOp)
+		e.key, e.hash = k, h
+		e.state.Store(uint32(next))
+		s.insert(e)
+		return e
+	}
+	cur := State(e.state.Load())
+	if cur == Terminated || cur == next {
+		return e
+	}
+	s.list(cur).remove(e)
+	if next == Running {
+		s.remove(e)
+	} else {
+		s.list(next).push(e)
+	}
+	e.state.Store(uint32(next))
+	notify(e)
+	return e
+}
+
+func (s *Store) list(st State) *entryList {
+	if st == Paused {
+		return &s.paused
+	}
+	return &s.terminated
+}
+
+func (s *Store) insert(e *entry) {
+	t := s.tab.Load()
+	t.insert(e)
+	s.list(State(e.state.Load())).push(e)
+	s.count.Add(1)
+	s.metrics.entries.Add(context.Background(), 1)
+	if t.crowded() {
+		s.tab.Store(t.rebuilt())
+	}
+}
+
+// remove takes e out of the table (its list is the caller's business).
+func (s *Store) remove(e *entry) {
+	t := s.tab.Load()
+	t.remove(e)
+	s.count.Add(-1)
+	s.metrics.entries.Add(context.Background(), -1)
+	if t.crowded() {
+		s.tab.Store(t.rebuilt())
+	}
+}
+
+// makeRoom evicts one entry when the store is full: the oldest terminated
+// entry, or, only when every entry is paused, the oldest paused one, whose
+// waiters then fail closed with an *EvictedError. Under mu.
+func (s *Store) makeRoom() {
+	if int(s.count.Load()) < s.max {
+		return
+	}
+	victim := s.terminated.head
+	if victim != nil {
+		s.terminated.remove(victim)
+		s.stats.EvictedTerminated++
+	} else {
+		victim = s.paused.head
+		s.paused.remove(victim)
+		s.stats.EvictedPaused++
+		victim.evicted.Store(true)
+		notify(victim)
+	}
+	s.remove(victim)
+	s.metrics.evict(State(victim.state.Load()))
+}
+
+// rearm recomputes whether anything could hold or deny a call. Under mu.
+func (s *Store) rearm() {
+	s.armed.Store(s.count.Load() > 0 ||
+		s.global.state.Load() != uint32(Running) ||
+		s.agentScope.state.Load() != uint32(Running) ||
+		s.failClosed.Load())
+}
+
+func notify(e *entry) {
+	close(e.changed)
+	e.changed = make(chan struct{})
+}
+
+// SetLive records whether the subscriber's stream to the gateway is live,
+// and since when. Only the subscriber should call it.
+func (s *Store) SetLive(live bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.live != live {
+		s.live, s.liveSince = live, s.now()
+	}
+}
+
+// SetFailClosed switches failing closed on or off. While on, every gated
+// call fails with ErrUnavailable, held calls included (a terminate still
+// wins). The subscriber turns it on when it has been blind for longer than
+// its configured limit and off when its stream is live again.
+func (s *Store) SetFailClosed(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failClosed.Load() == on {
+		return
+	}
+	s.version.Add(1)
+	s.failClosed.Store(on)
+	s.rearm()
+	s.version.Add(1)
+	close(s.syncCh)
+	s.syncCh = make(chan struct{})
+}
+
+// SyncStatus is the store's record of its subscriber.
+type SyncStatus struct {
+	// Live reports whether the subscriber's stream is live.
+	Live bool
+	// Since is when Live last changed (or when the store was created).
+	Since time.Time
+	// FailClosed reports whether gated calls currently fail with
+	// ErrUnavailable.
+	FailClosed bool
+}
+
+// Sync returns the store's record of its subscriber.
+func (s *Store) Sync() SyncStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return SyncStatus{Live: s.live, Since: s.liveSince, FailClosed: s.failClosed.Load()}
+}
+
+// Stats counts what the store holds and has done.
+type Stats struct {
+	Entries           int // per-op entries held
+	Paused            int // of which paused
+	Terminated        int // of which terminated
+	Applied           uint64
+	Rejected          uint64
+	EvictedPaused     uint64
+	EvictedTerminated uint64
+}
+
+// Stats returns a snapshot of the store's counters.
+func (s *Store) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.Entries = int(s.count.Load())
+	st.Paused, st.Terminated = s.paused.n, s.terminated.n
+	return st
+}
+
+// entryList is an intrusive FIFO of entries, oldest first. Under mu.
+type entryList struct {
+	head, tail *entry
+	n          int
+}
+
+func (l *entryList) push(e *entry) {
+	e.prev, e.next = l.tail, nil
+	if l.tail != nil {
+		l.tail.next = e
+	} else {
+		l.head = e
+	}
+	l.tail = e
+	l.n++
+}
+
+func (l *entryList) remove(e *entry) {
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		l.head = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else {
+		l.tail = e.prev
+	}
+	e.prev, e.next = nil, nil
+	l.n--
+}
