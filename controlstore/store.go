@@ -42,12 +42,14 @@ type Store struct {
 	global     entry
 	agentScope entry
 	failClosed atomic.Bool
+	wakeups    atomic.Uint64 // held calls woken to re-check
+	held       atomic.Int64  // calls parked in Wait
 
 	// Write side, under mu.
 	mu         sync.Mutex
 	paused     entryList
 	terminated entryList
-	syncCh     chan struct{} // closed and replaced when failClosed changes
+	scopesCh   chan struct{} // closed and replaced when the agent or global scope, or failClosed, changes
 	live       bool
 	liveSince  time.Time
 	stats      Stats
@@ -97,7 +99,7 @@ func New(agent Agent, opts ...Option) *Store {
 		max:       o.maxEntries,
 		seed:      newHashSeed(),
 		now:       o.now,
-		syncCh:    make(chan struct{}),
+		scopesCh:  make(chan struct{}),
 	}
 	s.liveSince = s.now()
 	s.tab.Store(newTable(2 * o.maxEntries))
@@ -203,21 +205,31 @@ func (s *Store) evaluate(op *Op) error {
 // scope, or of the fail-closed switch wakes a waiter: signals for other ops
 // never do.
 func (s *Store) Wait(ctx context.Context, op Op) error {
-	err := s.Check(op)
-	if _, held := err.(*PausedError); !held {
+	if err := s.Check(op); !isHeld(err) {
 		return err
 	}
 	return s.wait(ctx, &op)
 }
 
+func isHeld(err error) bool {
+	_, held := err.(*PausedError)
+	return held
+}
+
 func (s *Store) wait(ctx context.Context, op *Op) error {
 	var waited *entry
-	for {
-		s.mu.Lock()
+	for woken := false; ; woken = true {
 		if waited != nil && waited.evicted.Load() {
-			s.mu.Unlock()
 			return &EvictedError{OpID: waited.id}
 		}
+		// After a wakeup most waiters can leave on the lock-free check, so
+		// releasing thousands of held calls does not queue them on mu.
+		if woken {
+			if err := s.Check(*op); !isHeld(err) {
+				return err
+			}
+		}
+		s.mu.Lock()
 		err := s.evaluate(op)
 		pe, held := err.(*PausedError)
 		if !held {
@@ -231,17 +243,21 @@ func (s *Store) wait(ctx context.Context, op *Op) error {
 				opCh = waited.changed
 			}
 		}
-		agentCh, globalCh, syncCh := s.agentScope.changed, s.global.changed, s.syncCh
+		scopesCh := s.scopesCh
 		s.mu.Unlock()
 
+		// The channels were read under mu, so any change from here on closes
+		// one of them: counting the call as held now is exact.
+		s.held.Add(1)
 		select {
 		case <-ctx.Done():
+			s.held.Add(-1)
 			return &PausedError{OpID: pe.OpID, Scope: pe.Scope, Err: ctx.Err()}
 		case <-opCh:
-		case <-agentCh:
-		case <-globalCh:
-		case <-syncCh:
+		case <-scopesCh:
 		}
+		s.held.Add(-1)
+		s.wakeups.Add(1)
 	}
 }
 
@@ -333,7 +349,14 @@ func (s *Store) applyScope(e *entry, sig Signal) {
 		return
 	}
 	e.state.Store(uint32(next))
-	notify(e)
+	s.notifyScopes()
+}
+
+// notifyScopes wakes every held call: a change of a reserved scope or of
+// failing closed concerns them all. Under mu.
+func (s *Store) notifyScopes() {
+	close(s.scopesCh)
+	s.scopesCh = make(chan struct{})
 }
 
 // applyOp changes, creates or removes a per-op entry and returns the entry
@@ -457,8 +480,7 @@ func (s *Store) SetFailClosed(on bool) {
 	s.failClosed.Store(on)
 	s.rearm()
 	s.version.Add(1)
-	close(s.syncCh)
-	s.syncCh = make(chan struct{})
+	s.notifyScopes()
 }
 
 // SyncStatus is the store's record of its subscriber.
@@ -488,6 +510,12 @@ type Stats struct {
 	Rejected          uint64
 	EvictedPaused     uint64
 	EvictedTerminated uint64
+	// Wakeups counts how often a held call was woken to re-check. Only
+	// changes that concern a call wake it, so this grows with signals for
+	// held ops, not with traffic.
+	Wakeups uint64
+	// Held is the number of calls parked in Wait right now.
+	Held int
 }
 
 // Stats returns a snapshot of the store's counters.
@@ -497,6 +525,8 @@ func (s *Store) Stats() Stats {
 	st := s.stats
 	st.Entries = int(s.count.Load())
 	st.Paused, st.Terminated = s.paused.n, s.terminated.n
+	st.Wakeups = s.wakeups.Load()
+	st.Held = int(s.held.Load())
 	return st
 }
 

@@ -1,0 +1,98 @@
+package controlstore_test
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opcontrol/opcontrol/controlstore"
+)
+
+// TestConcurrentApplyAndGate runs one writer against many readers and
+// waiters. Invariant: once Apply(TERMINATE) has returned for an op, every
+// later Check and Wait of that op reports it terminated, and every tracked
+// call of it is cancelled. The race detector checks the rest.
+func TestConcurrentApplyAndGate(t *testing.T) {
+	const nOps = 64
+	s := newStore(t, controlstore.WithMaxEntries(nOps*2))
+	ops := make([]controlstore.Op, nOps)
+	ids := make([]string, nOps)
+	for i := range ops {
+		ops[i], ids[i] = op(i)
+	}
+	var terminated [nOps]atomic.Bool
+
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var violations atomic.Int64
+	readers := 8
+	if raceEnabled {
+		readers = 4
+	}
+	for r := 0; r < readers; r++ {
+		wg.Add(1)
+		go func(seed uint64) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(seed, 1))
+			for ctx.Err() == nil {
+				i := rng.IntN(nOps)
+				wasTerminated := terminated[i].Load()
+				var err error
+				if rng.IntN(4) == 0 {
+					wctx, cancel := context.WithTimeout(ctx, time.Millisecond)
+					err = s.Wait(wctx, ops[i])
+					cancel()
+				} else {
+					err = s.Check(ops[i])
+				}
+				if wasTerminated && !errors.Is(err, controlstore.ErrTerminated) {
+					violations.Add(1)
+				}
+				if err != nil && !errors.Is(err, controlstore.ErrTerminated) && !errors.Is(err, controlstore.ErrPaused) {
+					violations.Add(1)
+				}
+				cctx, cancel := context.WithCancelCause(ctx)
+				call := s.Track(ops[i], cancel)
+				if terminated[i].Load() && cctx.Err() == nil {
+					violations.Add(1)
+				}
+				call.Release()
+				cancel(nil)
+			}
+		}(uint64(r))
+	}
+
+	rng := rand.New(rand.NewPCG(42, 42))
+	signals := 20000
+	if raceEnabled {
+		signals = 5000
+	}
+	for n := 0; n < signals; n++ {
+		i := rng.IntN(nOps)
+		sig := []controlstore.Signal{controlstore.SignalPause, controlstore.SignalResume, controlstore.SignalPause, controlstore.SignalResume, controlstore.SignalTerminate}[rng.IntN(5)]
+		if n >= signals-nOps { // end with every op terminated
+			i, sig = n-(signals-nOps), controlstore.SignalTerminate
+		}
+		mustApply(t, s, ids[i], sig)
+		if sig == controlstore.SignalTerminate {
+			terminated[i].Store(true)
+		}
+	}
+	stop()
+	wg.Wait()
+	if v := violations.Load(); v != 0 {
+		t.Fatalf("%d invariant violations", v)
+	}
+	for i := range ops {
+		if !errors.Is(s.Check(ops[i]), controlstore.ErrTerminated) {
+			t.Fatalf("op %d not terminated at the end", i)
+		}
+	}
+	if s.InFlight() != 0 || s.Stats().Held != 0 {
+		t.Fatalf("InFlight=%d Held=%d after all calls ended", s.InFlight(), s.Stats().Held)
+	}
+}

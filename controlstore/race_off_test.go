@@ -1,0 +1,5 @@
+//go:build !race
+
+package controlstore_test
+
+const raceEnabled = false

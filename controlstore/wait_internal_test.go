@@ -1,0 +1,68 @@
+package controlstore
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// A RESUME followed at once by a PAUSE must keep a held call held: the
+// waiter is woken by the RESUME but must re-check, and by then the op is
+// paused again. Applying both signals under one hold of the writer lock
+// makes "at once" exact, so the test cannot pass by luck of scheduling.
+func TestWaitRechecksAfterWakeup(t *testing.T) {
+	s := New(Agent{AgentID: "a"})
+	op := OpFromID("trace-1:span-1")
+	if err := s.Apply("trace-1:span-1", SignalPause); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Wait(context.Background(), op) }()
+	waitUntil(t, func() bool { return s.held.Load() == 1 })
+
+	for _, id := range []string{"trace-1:span-1", AgentOpIDPrefix + "a", GlobalOpID} {
+		wakeups := s.wakeups.Load()
+		s.mu.Lock()
+		s.version.Add(1)
+		if id == "trace-1:span-1" {
+			s.applyOp(id, SignalResume)
+			s.applyOp(id, SignalPause)
+		} else {
+			// Pause another scope, lift it at once.
+			sc := &s.global
+			if id != GlobalOpID {
+				sc = &s.agentScope
+			}
+			s.applyScope(sc, SignalPause)
+			s.applyScope(sc, SignalResume)
+		}
+		s.rearm()
+		s.version.Add(1)
+		s.mu.Unlock()
+
+		// The waiter was woken and parked again without returning.
+		waitUntil(t, func() bool { return s.wakeups.Load() > wakeups && s.held.Load() == 1 })
+		select {
+		case err := <-done:
+			t.Fatalf("after resume+pause of %s, Wait returned %v; want it held", id, err)
+		default:
+		}
+	}
+	if err := s.Apply("trace-1:span-1", SignalResume); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Wait = %v after the final resume, want nil", err)
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 20s")
+		}
+		time.Sleep(time.Millisecond) // polling interval, not synchronisation
+	}
+}
