@@ -92,7 +92,7 @@ func (s *Store) InFlight() int {
 // cancelCalls cancels the calls covered by terminated entry e: every call
 // for a reserved scope, the calls of e's op otherwise.
 func (s *Store) cancelCalls(e *entry) {
-	cause := e.termErr
+	cause := &e.termErr
 	if e.termErr.Scope != ScopeOp {
 		for i := range s.calls {
 			sh := &s.calls[i]

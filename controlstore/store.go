@@ -9,8 +9,8 @@ import (
 )
 
 // DefaultMaxEntries is the per-op entry cap when WithMaxEntries is not given.
-// An entry costs about 250 bytes, so the default bounds the store near 4 MiB
-// whatever the gateway sends.
+// An entry costs about 300 bytes with its id, so the default bounds the store
+// near 5 MiB whatever the gateway sends.
 const DefaultMaxEntries = 16384
 
 // Agent is the agent whose ops a store tracks: the subscription triple sent
@@ -66,20 +66,32 @@ type entry struct {
 	id       string
 	state    atomic.Uint32
 	evicted  atomic.Bool
-	termErr  *TerminatedError
-	pauseErr *PausedError
+	// The errors a gate returns for this entry, made once so that a denied
+	// or held call allocates nothing.
+	termErr  TerminatedError
+	pauseErr PausedError
 
-	changed    chan struct{} // under Store.mu; closed and replaced on every change
-	prev, next *entry        // FIFO of entries in the same state, under Store.mu
+	// changed is closed on the entry's next change. It is made only when a
+	// call waits on the entry (most entries are never waited on), and is
+	// guarded by Store.mu.
+	changed    chan struct{}
+	prev, next *entry // FIFO of entries in the same state, under Store.mu
 }
 
 func newEntry(id string, sc Scope) *entry {
 	return &entry{
 		id:       id,
-		termErr:  &TerminatedError{OpID: id, Scope: sc},
-		pauseErr: &PausedError{OpID: id, Scope: sc},
-		changed:  make(chan struct{}),
+		termErr:  TerminatedError{OpID: id, Scope: sc},
+		pauseErr: PausedError{OpID: id, Scope: sc},
 	}
+}
+
+// waitChan returns the channel closed on e's next change. Under Store.mu.
+func (e *entry) waitChan() <-chan struct{} {
+	if e.changed == nil {
+		e.changed = make(chan struct{})
+	}
+	return e.changed
 }
 
 // New returns an empty store for agent. It panics when agent.AgentID is
@@ -103,8 +115,10 @@ func New(agent Agent, opts ...Option) *Store {
 	}
 	s.liveSince = s.now()
 	s.tab.Store(newTable(2 * o.maxEntries))
-	s.global = *newEntry(GlobalOpID, ScopeGlobal)
-	s.agentScope = *newEntry(s.agentOpID, ScopeAgent)
+	s.global.termErr = TerminatedError{OpID: GlobalOpID, Scope: ScopeGlobal}
+	s.global.pauseErr = PausedError{OpID: GlobalOpID, Scope: ScopeGlobal}
+	s.agentScope.termErr = TerminatedError{OpID: s.agentOpID, Scope: ScopeAgent}
+	s.agentScope.pauseErr = PausedError{OpID: s.agentOpID, Scope: ScopeAgent}
 	for i := range s.calls {
 		s.calls[i].byKey = make(map[opKey]*Call)
 	}
@@ -176,19 +190,19 @@ func (s *Store) evaluate(op *Op) error {
 	}
 	switch {
 	case g == Terminated:
-		return s.global.termErr
+		return &s.global.termErr
 	case a == Terminated:
-		return s.agentScope.termErr
+		return &s.agentScope.termErr
 	case o == Terminated:
-		return e.termErr
+		return &e.termErr
 	case s.failClosed.Load():
 		return ErrUnavailable
 	case o == Paused:
-		return e.pauseErr
+		return &e.pauseErr
 	case a == Paused:
-		return s.agentScope.pauseErr
+		return &s.agentScope.pauseErr
 	case g == Paused:
-		return s.global.pauseErr
+		return &s.global.pauseErr
 	}
 	return nil
 }
@@ -240,7 +254,7 @@ func (s *Store) wait(ctx context.Context, op *Op) error {
 		waited = nil
 		if !op.IsZero() {
 			if waited = s.tab.Load().lookup(&op.key, op.key.hash(&s.seed)); waited != nil {
-				opCh = waited.changed
+				opCh = waited.waitChan()
 			}
 		}
 		scopesCh := s.scopesCh
@@ -452,8 +466,10 @@ func (s *Store) rearm() {
 }
 
 func notify(e *entry) {
-	close(e.changed)
-	e.changed = make(chan struct{})
+	if e.changed != nil {
+		close(e.changed)
+		e.changed = nil
+	}
 }
 
 // SetLive records whether the subscriber's stream to the gateway is live,
