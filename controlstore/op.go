@@ -94,14 +94,19 @@ func (k opKey) String() string {
 }
 
 // parseKey turns a gateway op id into a key. Only the exact lowercase form
-// that OpenTelemetry's String methods produce is parsed: an uppercase id is
-// a different string to the gateway, so it must stay a different key here.
+// that OpenTelemetry's String methods produce, with valid (non-zero) ids, is
+// parsed: an uppercase id is a different string to the gateway, so it must
+// stay a different key here.
 func parseKey(id string) opKey {
 	if len(id) == otelOpIDLen && id[32] == ':' && isLowerHex(id[:32]) && isLowerHex(id[33:]) {
 		var k opKey
 		_, _ = hex.Decode(k.trace[:], []byte(id[:32]))
 		_, _ = hex.Decode(k.span[:], []byte(id[33:]))
-		return k
+		// All-zero ids are invalid in OpenTelemetry, so no span can carry
+		// them; kept as a string, such an id cannot collide with "no op".
+		if k.trace.IsValid() && k.span.IsValid() {
+			return k
+		}
 	}
 	return opKey{id: id}
 }
