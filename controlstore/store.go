@@ -61,11 +61,11 @@ type Store struct {
 // entry is the state of one op id. Its key, id and errors never change;
 // state changes only under Store.mu, inside a version bump.
 type entry struct {
-	key      opKey
-	hash     uint64
-	id       string
-	state    atomic.Uint32
-	evicted  atomic.Bool
+	key     opKey
+	hash    uint64
+	id      string
+	state   atomic.Uint32
+	evicted atomic.Bool
 	// The errors a gate returns for this entry, made once so that a denied
 	// or held call allocates nothing.
 	termErr  TerminatedError
