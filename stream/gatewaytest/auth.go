@@ -1,0 +1,44 @@
+package gatewaytest
+
+import (
+	"strings"
+
+	"google.golang.org/grpc/metadata"
+)
+
+// Metadata keys the gateway reads a credential from, in this order.
+const (
+	// CredentialTokenKey carries the token as it is.
+	CredentialTokenKey = "x-aa-credential-token"
+	// AuthorizationKey carries "Bearer <token>" (or "bearer <token>").
+	AuthorizationKey = "authorization"
+)
+
+// credentialToken resolves the caller's token like the real gateway's
+// enrich interceptor: x-aa-credential-token first (ASCII, trimmed, empty
+// means absent), otherwise "Bearer "/"bearer " in authorization (trimmed).
+// Only the first value of each key is read. It returns "" for no token.
+func credentialToken(md metadata.MD) string {
+	if v := md.Get(CredentialTokenKey); len(v) > 0 && isASCII(v[0]) {
+		if tok := strings.TrimSpace(v[0]); tok != "" {
+			return tok
+		}
+	}
+	if v := md.Get(AuthorizationKey); len(v) > 0 && isASCII(v[0]) {
+		for _, prefix := range [...]string{"Bearer ", "bearer "} {
+			if rest, ok := strings.CutPrefix(v[0], prefix); ok {
+				return strings.TrimSpace(rest)
+			}
+		}
+	}
+	return ""
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}

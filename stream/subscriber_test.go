@@ -1,0 +1,82 @@
+package stream_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+
+	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/stream"
+	"github.com/opcontrol/opcontrol/stream/gatewaytest"
+)
+
+func TestSubscribeSendsTripleAndToken(t *testing.T) {
+	events := make(chan gatewaytest.SubscribeEvent, 4)
+	gw := startGateway(t, gatewaytest.WithSubscribeObserver(func(ev gatewaytest.SubscribeEvent) { events <- ev }))
+	store := controlstore.New(agent)
+	sub := stream.NewSubscriber(dial(t, gw.Addr()), store, stream.WithCredentialToken(" "+token+" "), stream.WithLogger(nil))
+	start(t, sub)
+	waitReady(t, sub)
+
+	ev := <-events
+	if !ev.HasAgent || ev.Agent != agent || ev.Token != token || ev.Code != codes.OK {
+		t.Fatalf("gateway saw %+v, want agent %+v with token %q admitted", ev, agent, token)
+	}
+	if !sub.Connected() || sub.Status().State != stream.Live || !store.Sync().Live {
+		t.Fatalf("after Ready: connected %v, status %+v, store %+v", sub.Connected(), sub.Status(), store.Sync())
+	}
+}
+
+// bearer sends the token as "authorization: Bearer <token>".
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+func (bearer) RequireTransportSecurity() bool { return false }
+
+func TestBearerTokenThroughCallOptions(t *testing.T) {
+	gw := startGateway(t)
+	sub := stream.NewSubscriber(dial(t, gw.Addr()), controlstore.New(agent),
+		stream.WithCallOptions(grpc.PerRPCCredentials(bearer(token))), stream.WithLogger(nil))
+	start(t, sub)
+	waitReady(t, sub)
+}
+
+func TestRunTwiceIsRefused(t *testing.T) {
+	gw := startGateway(t)
+	sub := stream.NewSubscriber(dial(t, gw.Addr()), controlstore.New(agent), stream.WithCredentialToken(token), stream.WithLogger(nil))
+	start(t, sub)
+	waitReady(t, sub)
+	if err := sub.Run(context.Background()); !errors.Is(err, stream.ErrRunning) {
+		t.Fatalf("second Run = %v, want ErrRunning", err)
+	}
+	if !sub.Connected() {
+		t.Fatal("the refused Run disturbed the running one")
+	}
+}
+
+func TestConstructorsPanicOnMisuse(t *testing.T) {
+	store := controlstore.New(agent)
+	cc := dial(t, "127.0.0.1:1")
+	for name, f := range map[string]func(){
+		"nil cc":              func() { stream.NewSubscriber(nil, store) },
+		"nil store":           func() { stream.NewSubscriber(cc, nil) },
+		"empty token":         func() { stream.WithCredentialToken("  ") },
+		"non-ASCII token":     func() { stream.WithCredentialToken("tök") },
+		"nil backoff":         func() { stream.WithBackOff(nil) },
+		"negative fail-after": func() { stream.WithFailClosedAfter(-1) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			defer func() {
+				if recover() == nil {
+					t.Fatal("no panic")
+				}
+			}()
+			f()
+		})
+	}
+}
