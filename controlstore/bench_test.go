@@ -156,3 +156,18 @@ func BenchmarkRelease10000Waiters(b *testing.B) {
 		wg.Wait()
 	}
 }
+
+// BenchmarkTrackRelease is the in-flight registration every gated call pays
+// when cancellation on terminate is on (the cancel func is made outside).
+func BenchmarkTrackRelease(b *testing.B) {
+	s := newStore(b)
+	_, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		o, _ := op(1)
+		for pb.Next() {
+			s.Track(o, cancel).Release()
+		}
+	})
+}

@@ -2,16 +2,20 @@ package controlstore
 
 import (
 	"context"
+	"math/rand/v2"
 	"sync"
 )
 
-// callShards spreads in-flight registrations so that calls of different ops
-// rarely share a lock.
+// callShards spreads in-flight registrations so that concurrent calls rarely
+// share a lock. A call of an op lives in the shard of its op's hash, so a
+// per-op terminate visits one shard; a call with no op can only be reached
+// by agent and global terminates, which visit every shard, so it goes to any.
 const callShards = 32
 
 type callShard struct {
-	mu    sync.Mutex
-	byKey map[opKey]*Call // head of a list of calls of one op; zero key: no op
+	mu   sync.Mutex
+	head *Call // intrusive list: registering costs no map insert
+	_    [40]byte
 }
 
 // Call is an in-flight call registered with Track. Release it when the call
@@ -32,14 +36,19 @@ type Call struct {
 // on the result when the call ends; cancel must be safe to call more than
 // once (context.CancelCauseFunc is).
 func (s *Store) Track(op Op, cancel context.CancelCauseFunc) *Call {
-	sh := &s.calls[op.key.hash(&s.seed)%callShards]
+	var sh *callShard
+	if op.IsZero() {
+		sh = &s.calls[rand.Uint32()%callShards]
+	} else {
+		sh = &s.calls[op.key.hash(&s.seed)%callShards]
+	}
 	c := &Call{shard: sh, key: op.key, cancel: cancel}
 	sh.mu.Lock()
-	c.next = sh.byKey[c.key]
+	c.next = sh.head
 	if c.next != nil {
 		c.next.prev = c
 	}
-	sh.byKey[c.key] = c
+	sh.head = c
 	c.linked = true
 	sh.mu.Unlock()
 
@@ -62,10 +71,8 @@ func (c *Call) Release() {
 	c.linked = false
 	if c.prev != nil {
 		c.prev.next = c.next
-	} else if c.next != nil {
-		sh.byKey[c.key] = c.next
 	} else {
-		delete(sh.byKey, c.key)
+		sh.head = c.next
 	}
 	if c.next != nil {
 		c.next.prev = c.prev
@@ -79,10 +86,8 @@ func (s *Store) InFlight() int {
 	for i := range s.calls {
 		sh := &s.calls[i]
 		sh.mu.Lock()
-		for _, c := range sh.byKey {
-			for ; c != nil; c = c.next {
-				n++
-			}
+		for c := sh.head; c != nil; c = c.next {
+			n++
 		}
 		sh.mu.Unlock()
 	}
@@ -93,14 +98,12 @@ func (s *Store) InFlight() int {
 // for a reserved scope, the calls of e's op otherwise.
 func (s *Store) cancelCalls(e *entry) {
 	cause := &e.termErr
-	if e.termErr.Scope != ScopeOp {
+	if cause.Scope != ScopeOp {
 		for i := range s.calls {
 			sh := &s.calls[i]
 			sh.mu.Lock()
-			for _, c := range sh.byKey {
-				for ; c != nil; c = c.next {
-					c.cancel(cause)
-				}
+			for c := sh.head; c != nil; c = c.next {
+				c.cancel(cause)
 			}
 			sh.mu.Unlock()
 		}
@@ -108,8 +111,10 @@ func (s *Store) cancelCalls(e *entry) {
 	}
 	sh := &s.calls[e.hash%callShards]
 	sh.mu.Lock()
-	for c := sh.byKey[e.key]; c != nil; c = c.next {
-		c.cancel(cause)
+	for c := sh.head; c != nil; c = c.next {
+		if c.key == e.key {
+			c.cancel(cause)
+		}
 	}
 	sh.mu.Unlock()
 }

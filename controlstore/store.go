@@ -50,6 +50,7 @@ type Store struct {
 	paused     entryList
 	terminated entryList
 	scopesCh   chan struct{} // closed and replaced when the agent or global scope, or failClosed, changes
+	absent     map[opKey]*absentWait
 	live       bool
 	liveSince  time.Time
 	stats      Stats
@@ -112,6 +113,7 @@ func New(agent Agent, opts ...Option) *Store {
 		seed:      newHashSeed(),
 		now:       o.now,
 		scopesCh:  make(chan struct{}),
+		absent:    make(map[opKey]*absentWait),
 	}
 	s.liveSince = s.now()
 	s.tab.Store(newTable(2 * o.maxEntries))
@@ -119,15 +121,20 @@ func New(agent Agent, opts ...Option) *Store {
 	s.global.pauseErr = PausedError{OpID: GlobalOpID, Scope: ScopeGlobal}
 	s.agentScope.termErr = TerminatedError{OpID: s.agentOpID, Scope: ScopeAgent}
 	s.agentScope.pauseErr = PausedError{OpID: s.agentOpID, Scope: ScopeAgent}
-	for i := range s.calls {
-		s.calls[i].byKey = make(map[opKey]*Call)
-	}
 	s.metrics = newMetrics(o.meterProvider)
 	return s
 }
 
 // Agent returns the agent the store was created for.
 func (s *Store) Agent() Agent { return s.agent }
+
+// Armed reports whether anything could hold or deny a call right now: an
+// entry, a paused or terminated scope, or failing closed. When it is false,
+// Check returns nil for every op; it is one atomic load.
+func (s *Store) Armed() bool { return s.armed.Load() }
+
+// Held returns the number of calls parked in Wait right now.
+func (s *Store) Held() int { return int(s.held.Load()) }
 
 // Len returns the number of per-op entries held (reserved scopes excluded).
 func (s *Store) Len() int { return int(s.count.Load()) }
@@ -230,9 +237,27 @@ func isHeld(err error) bool {
 	return held
 }
 
+// absentWait is where calls wait for an op that has no entry yet: they are
+// held by their agent or global scope, and a TERMINATE of the op itself must
+// still reach them. Insert closes it. Under mu.
+type absentWait struct {
+	ch      chan struct{}
+	waiters int
+}
+
 func (s *Store) wait(ctx context.Context, op *Op) error {
 	var waited *entry
+	var absent *absentWait
+	defer func() {
+		if absent != nil {
+			s.leaveAbsent(op, absent)
+		}
+	}()
 	for woken := false; ; woken = true {
+		if absent != nil {
+			s.leaveAbsent(op, absent)
+			absent = nil
+		}
 		if waited != nil && waited.evicted.Load() {
 			return &EvictedError{OpID: waited.id}
 		}
@@ -255,6 +280,14 @@ func (s *Store) wait(ctx context.Context, op *Op) error {
 		if !op.IsZero() {
 			if waited = s.tab.Load().lookup(&op.key, op.key.hash(&s.seed)); waited != nil {
 				opCh = waited.waitChan()
+			} else {
+				absent = s.absent[op.key]
+				if absent == nil {
+					absent = &absentWait{ch: make(chan struct{})}
+					s.absent[op.key] = absent
+				}
+				absent.waiters++
+				opCh = absent.ch
 			}
 		}
 		scopesCh := s.scopesCh
@@ -413,7 +446,23 @@ func (s *Store) list(st State) *entryList {
 	return &s.terminated
 }
 
+// leaveAbsent drops a waiter's hold on an absentWait.
+func (s *Store) leaveAbsent(op *Op, w *absentWait) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w.waiters--
+	if w.waiters == 0 && s.absent[op.key] == w {
+		delete(s.absent, op.key)
+	}
+}
+
 func (s *Store) insert(e *entry) {
+	if len(s.absent) > 0 {
+		if w := s.absent[e.key]; w != nil {
+			close(w.ch)
+			delete(s.absent, e.key)
+		}
+	}
 	t := s.tab.Load()
 	t.insert(e)
 	s.list(State(e.state.Load())).push(e)

@@ -428,3 +428,29 @@ func waitFor(t testing.TB, cond func() bool) {
 		time.Sleep(time.Millisecond) // polling interval, not synchronisation
 	}
 }
+
+// A call held by its agent's or the global pause, whose op has no entry yet,
+// must still be released by a TERMINATE of the op itself.
+func TestWaitHeldByScopeThenOpTerminated(t *testing.T) {
+	for _, scope := range []string{"*", controlstore.AgentOpIDPrefix + agentID} {
+		t.Run(scope, func(t *testing.T) {
+			s := newStore(t)
+			o, id := op(1)
+			_, other := op(2)
+			mustApply(t, s, scope, controlstore.SignalPause)
+			done := make(chan error, 1)
+			go func() { done <- s.Wait(context.Background(), o) }()
+			waitFor(t, func() bool { return s.Held() == 1 })
+			// Another op's entry appearing does not wake it.
+			mustApply(t, s, other, controlstore.SignalTerminate)
+			if w := s.Stats().Wakeups; w != 0 {
+				t.Fatalf("terminate of another op woke the held call (%d wakeups)", w)
+			}
+			mustApply(t, s, id, controlstore.SignalTerminate)
+			var te *controlstore.TerminatedError
+			if err := <-done; !errors.As(err, &te) || te.Scope != controlstore.ScopeOp {
+				t.Fatalf("Wait = %v, want the op's TerminatedError", err)
+			}
+		})
+	}
+}

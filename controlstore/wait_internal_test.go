@@ -66,3 +66,40 @@ func waitUntil(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond) // polling interval, not synchronisation
 	}
 }
+
+// Calls held by a scope on an op with no entry leave no bookkeeping behind,
+// whether they leave by cancellation or are released.
+func TestAbsentWaitersCleanUp(t *testing.T) {
+	s := New(Agent{AgentID: "a"})
+	op := OpFromID("trace-1:span-1")
+	if err := s.Apply(GlobalOpID, SignalPause); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 3)
+	for i := 0; i < 2; i++ {
+		go func() { errs <- s.Wait(ctx, op) }()
+	}
+	go func() { errs <- s.Wait(context.Background(), op) }()
+	waitUntil(t, func() bool { return s.Held() == 3 })
+	s.mu.Lock()
+	if w := s.absent[op.key]; w == nil || w.waiters != 3 {
+		t.Errorf("absent wait = %+v, want 3 waiters", w)
+	}
+	s.mu.Unlock()
+	cancel()
+	for i := 0; i < 2; i++ {
+		<-errs
+	}
+	if err := s.Apply(GlobalOpID, SignalResume); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errs; err != nil {
+		t.Fatalf("Wait = %v after the resume", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.absent) != 0 {
+		t.Fatalf("absent holds %d entries after every waiter left", len(s.absent))
+	}
+}
