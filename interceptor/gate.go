@@ -95,10 +95,9 @@ func (g *gate) isExempt(method string) bool {
 }
 
 // quiet reports whether nothing at all is signalled, so that no call can be
-// held or refused and the op need not be resolved: Check of the zero Op is
-// one atomic load while nothing is signalled, and Len one more.
+// held or refused and the op need not be resolved: one atomic load.
 func (g *gate) quiet() bool {
-	return g.store.Check(controlstore.Op{}) == nil && g.store.Len() == 0
+	return !g.store.Armed()
 }
 
 func (g *gate) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
@@ -149,7 +148,7 @@ func (g *gate) admit(ctx context.Context, op controlstore.Op, perCall bool) erro
 	var pe *controlstore.PausedError
 	if errors.As(err, &pe) {
 		start := time.Now()
-		err = g.wait(ctx, op)
+		err = g.store.Wait(ctx, op)
 		d := time.Since(start)
 		// A terminate that cancelled ctx may win the race with the
 		// store's own wakeup: report the terminate, not the context.
@@ -168,26 +167,6 @@ func (g *gate) admit(ctx context.Context, op controlstore.Op, perCall bool) erro
 	e := newError(op, err)
 	g.refused(ctx, e)
 	return e
-}
-
-// wait holds a call of op with store.Wait, registered with Track for the
-// duration: Wait wakes on changes of entries that exist when it parks, so a
-// call held by an agent or global pause would not see a TERMINATE that
-// creates its op's entry; the registration cancels the wait instead. Holds
-// are off the fast path, so the registration costs nothing that matters.
-func (g *gate) wait(ctx context.Context, op controlstore.Op) error {
-	waitCtx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	call := g.store.Track(op, cancel)
-	defer call.Release()
-	err := g.store.Wait(waitCtx, op)
-	if err != nil {
-		// waitCtx ends only with ctx or by a terminate.
-		if te := terminatedCause(waitCtx); te != nil {
-			return te
-		}
-	}
-	return err
 }
 
 // held records a hold of op, started by pe, that ended with err after d

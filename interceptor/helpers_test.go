@@ -1,13 +1,11 @@
 package interceptor_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -489,16 +487,9 @@ func (m *metricsReader) holds(t testing.TB, val string) (uint64, float64) {
 // waitHeld waits until at least n goroutines are parked in the store's Wait,
 // i.e. held by the gate. The store exposes no waiter count, so this reads
 // goroutine stacks; it is test-only and polls with a generous deadline.
-func waitHeld(t testing.TB, n int) {
+func waitHeld(t testing.TB, store *controlstore.Store, n int) {
 	t.Helper()
-	buf := make([]byte, 1<<20)
 	eventually(t, fmt.Sprintf("%d call(s) held in Store.Wait", n), func() bool {
-		for {
-			k := runtime.Stack(buf, true)
-			if k < len(buf) {
-				return bytes.Count(buf[:k], []byte("controlstore.(*Store).wait(")) >= n
-			}
-			buf = make([]byte, 2*len(buf))
-		}
+		return store.Held() >= n
 	})
 }

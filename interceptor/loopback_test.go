@@ -107,7 +107,7 @@ func TestLoopbackPauseResume(t *testing.T) {
 					cs, err = cc.NewStream(ctx, chatDesc, methodChat)
 					return err
 				})
-				waitHeld(t, 2)
+				waitHeld(t, store, 2)
 				notDone(t, unary, "held unary call")
 				notDone(t, stream, "held stream open")
 				if n := ts.echoes.Load(); n != 0 {
@@ -176,7 +176,7 @@ func TestLoopbackTerminateWhileHeld(t *testing.T) {
 				// Paused at one scope, terminated at another (or the same).
 				apply(t, store, opID, controlstore.SignalPause)
 				done := async(func() error { return callEcho(ctx, cc) })
-				waitHeld(t, 1)
+				waitHeld(t, store, 1)
 				apply(t, store, sc.target(opID), controlstore.SignalTerminate)
 				wantTerminated(t, recv(t, done, "held call"), opID, sc.scope, sc.target(opID))
 				if n := ts.echoes.Load(); n != 0 {
@@ -232,7 +232,7 @@ func TestLoopbackHeldUntilContextEnds(t *testing.T) {
 	// Cancellation, with no span: still held by the agent pause.
 	cctx, cancel := context.WithCancel(context.Background())
 	done := async(func() error { return callEcho(cctx, cc) })
-	waitHeld(t, 1)
+	waitHeld(t, store, 1)
 	cancel()
 	check(recv(t, done, "cancelled call"), codes.Canceled, context.Canceled, "")
 
@@ -252,7 +252,7 @@ func TestLoopbackFailClosed(t *testing.T) {
 	cc := dial(t, ts, interceptor.DialOptions(store)...)
 	apply(t, store, controlstore.GlobalOpID, controlstore.SignalPause)
 	held := async(func() error { return callEcho(context.Background(), cc) })
-	waitHeld(t, 1)
+	waitHeld(t, store, 1)
 	store.SetFailClosed(true) // held calls fail closed, and new ones
 	for _, err := range []error{recv(t, held, "held call"), callEcho(context.Background(), cc)} {
 		if status.Code(err) != codes.Unavailable || errorInfo(t, err).Reason != interceptor.ReasonUnavailable {
@@ -372,7 +372,7 @@ func TestLoopbackStreamSendHeld(t *testing.T) {
 			// Pause: SendMsg held; resume: sent.
 			apply(t, store, opID, controlstore.SignalPause)
 			sent := async(func() error { return cs.SendMsg(wrapperspb.String("held")) })
-			waitHeld(t, 1)
+			waitHeld(t, store, 1)
 			notDone(t, sent, "held SendMsg")
 			apply(t, store, opID, controlstore.SignalResume)
 			if err := recv(t, sent, "resumed SendMsg"); err != nil {
@@ -386,7 +386,7 @@ func TestLoopbackStreamSendHeld(t *testing.T) {
 			// Pause then terminate while a SendMsg is held.
 			apply(t, store, agentOpID, controlstore.SignalPause)
 			sent = async(func() error { return cs.SendMsg(wrapperspb.String("never")) })
-			waitHeld(t, 1)
+			waitHeld(t, store, 1)
 			apply(t, store, opID, controlstore.SignalTerminate)
 			wantTerminated(t, recv(t, sent, "held SendMsg"), opID, controlstore.ScopeOp, opID)
 			wantTerminated(t, cs.RecvMsg(out), opID, controlstore.ScopeOp, opID)

@@ -263,7 +263,7 @@ func TestUnaryHeldOpEvictedFailsClosed(t *testing.T) {
 	apply(t, store, opID, controlstore.SignalPause)
 	done := async(func() error { return unary(ctx, methodEcho, nil, nil, nil, inv.invoke) })
 	recv(t, p.ch, "call to reach the gate")
-	waitHeld(t, 1)
+	waitHeld(t, store, 1)
 	notDone(t, done, "held call")
 	apply(t, store, "trace-002:span-002", controlstore.SignalPause) // evicts opID's entry
 	err := recv(t, done, "held call to fail closed")
@@ -488,7 +488,7 @@ func TestSpanEventsAndMetrics(t *testing.T) {
 	apply(t, store, opID, controlstore.SignalPause)
 	done := async(func() error { return unary(ctx, methodEcho, nil, nil, nil, inv.invoke) })
 	recv(t, p.ch, "held call at the gate")
-	waitHeld(t, 1)
+	waitHeld(t, store, 1)
 	notDone(t, done, "held call")
 	apply(t, store, opID, controlstore.SignalResume)
 	if err := recv(t, done, "resumed call"); err != nil {
@@ -585,7 +585,7 @@ func TestTerminateOfNewOpEntryWhileHeldByAgent(t *testing.T) {
 			done := async(func() error {
 				return interceptor.UnaryClientInterceptor(store, m.opt)(ctx, methodEcho, nil, nil, nil, inv.invoke)
 			})
-			waitHeld(t, 1)
+			waitHeld(t, store, 1)
 			apply(t, store, opID, controlstore.SignalTerminate)
 			wantTerminated(t, recv(t, done, "held call"), opID, controlstore.ScopeOp, opID)
 			if inv.calls.Load() != 0 {
