@@ -127,9 +127,9 @@ func describe(sc Scope, id string) string {
 }
 
 func truncate(id string) string {
-	const max = 64
-	if len(id) <= max {
+	const keep = 64
+	if len(id) <= keep {
 		return id
 	}
-	return id[:max] + "…"
+	return id[:keep] + "…"
 }

@@ -60,12 +60,12 @@ func TestEvictsOldestPausedOnlyWhenAllPaused(t *testing.T) {
 // A flood of unique terminates, the worst a gateway can send, keeps the
 // store at its cap and its heap flat.
 func TestTerminateFloodStaysBounded(t *testing.T) {
-	const max = 1024
+	const capacity = 1024
 	flood := 1_000_000
 	if testing.Short() || raceEnabled {
 		flood = 100_000 // still 100 times the cap
 	}
-	s := newStore(t, controlstore.WithMaxEntries(max))
+	s := newStore(t, controlstore.WithMaxEntries(capacity))
 	var ids [4096]string
 	for i := range ids {
 		_, ids[i] = op(i)
@@ -77,7 +77,7 @@ func TestTerminateFloodStaysBounded(t *testing.T) {
 		return ms.HeapAlloc
 	}
 	// Warm up to the cap so the baseline includes a full store.
-	for i := 0; i < 2*max; i++ {
+	for i := 0; i < 2*capacity; i++ {
 		mustApply(t, s, ids[i%len(ids)]+"x", controlstore.SignalTerminate)
 	}
 	before := heap()
@@ -87,15 +87,15 @@ func TestTerminateFloodStaysBounded(t *testing.T) {
 		if err := s.Apply(id, controlstore.SignalTerminate); err != nil {
 			t.Fatal(err)
 		}
-		if s.Len() > max {
-			t.Fatalf("Len = %d exceeds the cap %d", s.Len(), max)
+		if s.Len() > capacity {
+			t.Fatalf("Len = %d exceeds the cap %d", s.Len(), capacity)
 		}
 	}
 	after := heap()
 	if after > before+8<<20 {
 		t.Fatalf("heap grew from %d to %d bytes over %d terminates", before, after, flood)
 	}
-	if st := s.Stats(); st.EvictedTerminated < uint64(flood-max) {
+	if st := s.Stats(); st.EvictedTerminated < uint64(flood-capacity) {
 		t.Fatalf("Stats = %+v, want every overflow counted as an eviction", st)
 	}
 }

@@ -54,7 +54,7 @@ func (s *Store) Track(op Op, cancel context.CancelCauseFunc) *Call {
 
 	// Apply sets state before it cancels calls, and we registered before we
 	// read state: either Apply sees this call or we see its terminate.
-	if te, ok := s.Check(op).(*TerminatedError); ok {
+	if te, ok := s.Check(op).(*TerminatedError); ok { //nolint:errorlint // Check returns the store's own errors, never wrapped
 		cancel(te)
 	}
 	return c

@@ -63,23 +63,23 @@ func FuzzStoreMatchesModel(f *testing.F) {
 	f.Add([]byte{0x41, 0x02, 0x03, 0x42, 0x51, 0x52})
 	f.Add([]byte{0x13, 0x12, 0x11, 0x23, 0x33, 0x43, 0x53, 0x63, 0x00, 0x07})
 	f.Fuzz(func(t *testing.T, program []byte) {
-		ops := make([]controlstore.Op, 3)
+		ops := make([]controlstore.Op, 0, 5)
 		ids := make([]string, 0, 7)
-		for i := range ops {
-			var id string
-			ops[i], id = op(i)
-			ids = append(ids, id)
+		for i := 0; i < 3; i++ {
+			o, id := op(i)
+			ops, ids = append(ops, o), append(ids, id)
 		}
 		ids = append(ids, "trace-001:span-001", "*", "agent:"+agentID, "agent:other")
 		ops = append(ops, controlstore.OpFromID("trace-001:span-001"), controlstore.Op{})
 
 		s := newStore(t)
 		m := &model{state: map[string]controlstore.State{}}
+		// One in-flight call per op, each with its own context.
 		ctxs := make([]context.Context, len(ops))
 		for i := range ops {
-			ctx, cancel := context.WithCancelCause(context.Background())
+			callCtx, cancel := context.WithCancelCause(context.Background())
 			defer cancel(nil)
-			ctxs[i] = ctx
+			ctxs[i] = callCtx //nolint:fatcontext // one context per call, not a chain
 			defer s.Track(ops[i], cancel).Release()
 		}
 

@@ -233,7 +233,7 @@ func (s *Store) Wait(ctx context.Context, op Op) error {
 }
 
 func isHeld(err error) bool {
-	_, held := err.(*PausedError)
+	_, held := err.(*PausedError) //nolint:errorlint // the store's own errors, never wrapped
 	return held
 }
 
@@ -270,7 +270,7 @@ func (s *Store) wait(ctx context.Context, op *Op) error {
 		}
 		s.mu.Lock()
 		err := s.evaluate(op)
-		pe, held := err.(*PausedError)
+		pe, held := err.(*PausedError) //nolint:errorlint // the store's own errors, never wrapped
 		if !held {
 			s.mu.Unlock()
 			return err
@@ -332,10 +332,10 @@ func (s *Store) Apply(opID string, sig Signal) error {
 		return err
 	}
 	var scope *entry
-	switch {
-	case opID == GlobalOpID:
+	switch opID {
+	case GlobalOpID:
 		scope = &s.global
-	case opID == s.agentOpID:
+	case s.agentOpID:
 		scope = &s.agentScope
 	}
 

@@ -2,6 +2,7 @@ package controlstore
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -89,7 +90,9 @@ func TestAbsentWaitersCleanUp(t *testing.T) {
 	s.mu.Unlock()
 	cancel()
 	for i := 0; i < 2; i++ {
-		<-errs
+		if err := <-errs; !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled Wait = %v", err)
+		}
 	}
 	if err := s.Apply(GlobalOpID, SignalResume); err != nil {
 		t.Fatal(err)

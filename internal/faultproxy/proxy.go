@@ -221,4 +221,3 @@ func abort(c net.Conn) {
 	}
 	_ = c.Close()
 }
-
