@@ -170,8 +170,13 @@ func (s *Store) Check(op Op) error {
 	if !s.armed.Load() {
 		return nil
 	}
+	return s.check(&op)
+}
+
+// check is Check's slow path, kept apart so that Check inlines.
+func (s *Store) check(op *Op) error {
 	if v := s.version.Load(); v&1 == 0 {
-		err := s.evaluate(&op)
+		err := s.evaluate(op)
 		if s.version.Load() == v {
 			return err
 		}
@@ -180,7 +185,7 @@ func (s *Store) Check(op Op) error {
 	// a microsecond, so waiting for one is cheaper than spinning.
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.evaluate(&op)
+	return s.evaluate(op)
 }
 
 // evaluate combines the three scopes of op. Callers guarantee a consistent
