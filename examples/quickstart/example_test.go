@@ -38,7 +38,7 @@ func Example() {
 	gwConn, _ := grpc.NewClient(gatewayAddr, append(stream.DialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	sub := stream.NewSubscriber(gwConn, store, stream.WithCredentialToken(token))
-	go sub.Run(ctx)
+	go func() { _ = sub.Run(ctx) }() // returns when ctx ends
 
 	// Every call on this connection is now gated by its OpenTelemetry span.
 	toolConn, _ := grpc.NewClient(toolAddr, append(interceptor.DialOptions(store),
