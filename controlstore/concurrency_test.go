@@ -96,3 +96,49 @@ func TestConcurrentApplyAndGate(t *testing.T) {
 		t.Fatalf("InFlight=%d Held=%d after all calls ended", s.InFlight(), s.Stats().Held)
 	}
 }
+
+// Whatever State shows is already enforced by Check: a reader that sees an
+// op paused through State must never pass Check while it is still paused.
+// Each round pauses and resumes a new op, starting from an unarmed store, so
+// "paused, then allowed, then paused" can only mean Check ran behind State.
+func TestStateNeverRunsAheadOfCheck(t *testing.T) {
+	s := newStore(t)
+	rounds := 20000
+	if raceEnabled {
+		rounds = 2000
+	}
+	ops := make([]controlstore.Op, rounds)
+	ids := make([]string, rounds)
+	for i := range ops {
+		ops[i], ids[i] = op(i)
+	}
+	var current atomic.Int64
+	stop := make(chan struct{})
+	var violations atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			j := current.Load()
+			if s.State(ids[j]) == controlstore.Paused && s.Check(ops[j]) == nil && s.State(ids[j]) == controlstore.Paused {
+				violations.Add(1)
+			}
+		}
+	}()
+	for i := range ids {
+		current.Store(int64(i))
+		mustApply(t, s, ids[i], controlstore.SignalPause)
+		mustApply(t, s, ids[i], controlstore.SignalResume)
+	}
+	close(stop)
+	wg.Wait()
+	if v := violations.Load(); v != 0 {
+		t.Fatalf("%d times State said paused while Check let the call through", v)
+	}
+}

@@ -346,6 +346,10 @@ func (s *Store) Apply(opID string, sig Signal) error {
 
 	s.mu.Lock()
 	s.version.Add(1)
+	// Arm before the state changes, so that no reader can see the new
+	// state through State yet pass Check's unarmed fast path; rearm settles
+	// it once the change is made.
+	s.armed.Store(true)
 	var e *entry
 	if scope != nil {
 		e = scope
@@ -547,6 +551,7 @@ func (s *Store) SetFailClosed(on bool) {
 		return
 	}
 	s.version.Add(1)
+	s.armed.Store(true)
 	s.failClosed.Store(on)
 	s.rearm()
 	s.version.Add(1)

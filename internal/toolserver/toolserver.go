@@ -32,8 +32,9 @@ const (
 // Event is what the server saw of one call.
 type Event struct {
 	Method string
-	// Err is nil when the call completed, else the context error that ended
-	// it on the server side (cancellation reached the server).
+	// Err is nil when the call completed, else what ended it on the server
+	// side: the context error when cancellation reached the server, or the
+	// error reading the request.
 	Err error
 	// Ticks is the number of messages a Progress stream sent.
 	Ticks int
@@ -120,30 +121,44 @@ func (s *Server) record(e Event) {
 	s.mu.Unlock()
 }
 
-func (s *Server) echo(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+func (s *Server) echo(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
 	in := new(wrapperspb.StringValue)
 	if err := dec(in); err != nil {
+		s.record(Event{Method: EchoMethod, Err: err})
 		return nil, err
 	}
-	s.record(Event{Method: EchoMethod})
-	return in, nil
+	handler := func(context.Context, any) (any, error) {
+		s.record(Event{Method: EchoMethod})
+		return in, nil
+	}
+	if interceptor == nil {
+		return handler(ctx, in)
+	}
+	return interceptor(ctx, in, &grpc.UnaryServerInfo{FullMethod: EchoMethod}, handler)
 }
 
-func (s *Server) work(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+func (s *Server) work(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
 	in := new(durationpb.Duration)
 	if err := dec(in); err != nil {
+		s.record(Event{Method: WorkMethod, Err: err})
 		return nil, err
 	}
-	t := time.NewTimer(in.AsDuration())
-	defer t.Stop()
-	select {
-	case <-t.C:
-		s.record(Event{Method: WorkMethod})
-		return wrapperspb.String("done"), nil
-	case <-ctx.Done():
-		s.record(Event{Method: WorkMethod, Err: ctx.Err()})
-		return nil, ctx.Err()
+	handler := func(ctx context.Context, _ any) (any, error) {
+		t := time.NewTimer(in.AsDuration())
+		defer t.Stop()
+		select {
+		case <-t.C:
+			s.record(Event{Method: WorkMethod})
+			return wrapperspb.String("done"), nil
+		case <-ctx.Done():
+			s.record(Event{Method: WorkMethod, Err: ctx.Err()})
+			return nil, ctx.Err()
+		}
 	}
+	if interceptor == nil {
+		return handler(ctx, in)
+	}
+	return interceptor(ctx, in, &grpc.UnaryServerInfo{FullMethod: WorkMethod}, handler)
 }
 
 func (s *Server) progress(_ any, ss grpc.ServerStream) error {
@@ -162,6 +177,11 @@ func (s *Server) progress(_ any, ss grpc.ServerStream) error {
 		case <-t.C:
 			ticks++
 			if err := ss.SendMsg(wrapperspb.Int64(int64(ticks))); err != nil {
+				// A send fails because the call ended: report the
+				// context's error when there is one, as documented.
+				if cerr := ss.Context().Err(); cerr != nil {
+					err = cerr
+				}
 				s.record(Event{Method: ProgressMethod, Err: err, Ticks: ticks})
 				return err
 			}

@@ -1,0 +1,283 @@
+package e2e_test
+
+// Latency benchmarks over loopback TCP, through the whole path: gateway
+// publish → subscriber → store → interceptor → tool server. Run each signal
+// benchmark with -benchtime 10000x (10,000 signals); ns/op is the cost of a
+// whole cycle (set-up included) and means little, the percentiles are the
+// result:
+//
+//	go test -run '^$' -bench 'SignalTo|TerminateInFlight' -benchtime 10000x ./e2e/
+//	go test -run '^$' -bench EchoOverhead -benchtime 20000x ./e2e/
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/metric/noop"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+
+	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/interceptor"
+	"github.com/opcontrol/opcontrol/internal/toolserver"
+)
+
+// benchOps hands out real SDK spans, one per op. Nothing records them: the
+// interceptor only reads the span context, and 10,000 recorded spans would
+// only cost memory.
+type benchOps struct{ tracer trace.Tracer }
+
+func newBenchOps(b *testing.B) benchOps {
+	tp := sdktrace.NewTracerProvider()
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	return benchOps{tracer: tp.Tracer("github.com/opcontrol/opcontrol/e2e/bench")}
+}
+
+func (o benchOps) next() (context.Context, string, controlstore.Op) {
+	ctx, span := o.tracer.Start(context.Background(), "op")
+	span.End() // the span context stays in ctx
+	sc := span.SpanContext()
+	return ctx, sc.TraceID().String() + ":" + sc.SpanID().String(), controlstore.OpFromSpanContext(sc)
+}
+
+// pollUntil waits for cond between measurements. It sleeps between polls
+// rather than spin: on a loaded 2-core machine a spinning thread takes a
+// core from the goroutines it waits for, and the kernel then makes them wait
+// a whole time slice (milliseconds).
+func pollUntil(b *testing.B, what string, cond func() bool) {
+	deadline := time.Now().Add(waitFor)
+	for !cond() {
+		if time.Now().After(deadline) {
+			b.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(benchPoll)
+	}
+}
+
+const benchPoll = 20 * time.Microsecond
+
+// latencies collects one duration per signal and reports percentiles.
+type latencies []time.Duration
+
+func (l latencies) report(b *testing.B) {
+	if len(l) == 0 {
+		return
+	}
+	slices.Sort(l)
+	pct := func(p float64) float64 {
+		return float64(l[min(len(l)-1, int(p*float64(len(l))))].Nanoseconds()) / 1e3
+	}
+	b.ReportMetric(pct(0.50), "p50-µs")
+	b.ReportMetric(pct(0.90), "p90-µs")
+	b.ReportMetric(pct(0.99), "p99-µs")
+	b.ReportMetric(float64(l[len(l)-1].Nanoseconds())/1e3, "max-µs")
+}
+
+// BenchmarkSignalToEnforcement measures how long an operator's signal takes
+// to be enforced, from the gateway's Publish to:
+//
+//   - terminate-to-denied: the next call of the op returning denied. The
+//     benchmark learns that the store applied the terminate from a
+//     registration (Store.Track) whose cancel function Apply calls, so it
+//     needs no polling, then makes the call and stops the clock when the
+//     call has returned denied.
+//   - resume-to-released: a call held by a pause being let through, i.e.
+//     reaching the interceptor chained after the gate (the RPC itself is not
+//     counted).
+func BenchmarkSignalToEnforcement(b *testing.B) {
+	b.Run("terminate-to-denied", func(b *testing.B) {
+		e := newEnv(b)
+		a := e.startAgent(b, agentConfig{gate: []interceptor.Option{interceptor.WithMeterProvider(noop.NewMeterProvider())}})
+		ops := newBenchOps(b)
+		lat := make(latencies, 0, 10000)
+		for b.Loop() {
+			ctx, opID, op := ops.next()
+			applied, notify := context.WithCancelCause(context.Background())
+			call := a.store.Track(op, notify)
+			t0 := time.Now()
+			e.gw.Publish(a.id, opID, controlstore.SignalTerminate)
+			select {
+			case <-applied.Done():
+			case <-time.After(waitFor):
+				b.Fatal("terminate never applied")
+			}
+			err := echo(ctx, a)
+			lat = append(lat, time.Since(t0))
+			call.Release()
+			notify(nil)
+			if !errors.Is(err, controlstore.ErrTerminated) {
+				b.Fatalf("call after the terminate: %v", err)
+			}
+		}
+		lat.report(b)
+	})
+
+	b.Run("resume-to-released", func(b *testing.B) {
+		e := newEnv(b)
+		released := make(chan time.Time, 1)
+		// Chained after the gate: it runs when the gate lets the call go.
+		mark := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			released <- time.Now()
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}
+		a := e.startAgent(b, agentConfig{gate: []interceptor.Option{interceptor.WithMeterProvider(noop.NewMeterProvider())}})
+		conn := dial(b, e.tools.Addr(), append(interceptor.DialOptions(a.store, interceptor.WithMeterProvider(noop.NewMeterProvider())),
+			grpc.WithChainUnaryInterceptor(mark))...)
+		tools := toolserver.NewClient(conn)
+		ctx, opID, op := newBenchOps(b).next()
+		if _, err := tools.Echo(ctx, "warm-up"); err != nil { // connect outside the timing
+			b.Fatal(err)
+		}
+		<-released
+		lat := make(latencies, 0, 10000)
+		done := make(chan error, 1)
+		for b.Loop() {
+			e.gw.Publish(a.id, opID, controlstore.SignalPause)
+			// Wait until the pause is enforced, as Check sees it: State
+			// can report an entry a moment before Check enforces it.
+			pollUntil(b, "pause applied", func() bool { return errors.Is(a.store.Check(op), controlstore.ErrPaused) })
+			go func() {
+				_, err := tools.Echo(ctx, "held")
+				done <- err
+			}()
+			pollUntil(b, "the call held", func() bool { return a.store.Stats().Held == 1 })
+			t0 := time.Now()
+			e.gw.Publish(a.id, opID, controlstore.SignalResume)
+			select {
+			case at := <-released:
+				lat = append(lat, at.Sub(t0))
+			case <-time.After(waitFor):
+				b.Fatal("held call never released")
+			}
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+		}
+		lat.report(b)
+	})
+}
+
+// BenchmarkTerminateInFlight measures, from the gateway's Publish of a
+// terminate, how long a running Work call (its handler running on the tool
+// server) takes to return the terminated error. One op per signal: a
+// terminate is sticky.
+func BenchmarkTerminateInFlight(b *testing.B) {
+	e := newEnv(b)
+	a := e.startAgent(b, agentConfig{gate: []interceptor.Option{interceptor.WithMeterProvider(noop.NewMeterProvider())}})
+	ops := newBenchOps(b)
+	lat := make(latencies, 0, 10000)
+	type result struct {
+		err error
+		at  time.Time
+	}
+	done := make(chan result, 1)
+	for b.Loop() {
+		ctx, opID, _ := ops.next()
+		running := e.probe.count(toolserver.WorkMethod)
+		go func() {
+			err := a.tools.Work(ctx, longWork)
+			done <- result{err, time.Now()}
+		}()
+		if !e.probe.waitEntered(toolserver.WorkMethod, running+1, waitFor) {
+			b.Fatal("Work never reached the tool server")
+		}
+		t0 := time.Now()
+		e.gw.Publish(a.id, opID, controlstore.SignalTerminate)
+		var r result
+		select {
+		case r = <-done:
+		case <-time.After(waitFor):
+			b.Fatal("in-flight Work not cancelled")
+		}
+		if !errors.Is(r.err, controlstore.ErrTerminated) {
+			b.Fatalf("in-flight Work ended with %v", r.err)
+		}
+		lat = append(lat, r.at.Sub(t0))
+	}
+	lat.report(b)
+}
+
+// BenchmarkEchoOverhead is a real unary RPC over loopback (the tool server's
+// Echo, under a real recording SDK span) bare and through
+// interceptor.DialOptions with in-flight cancellation on and off. Every
+// iteration makes one call on each connection, in an order that rotates, so
+// that the drift of a loaded machine hits all of them alike; each reports its
+// median call and its overhead in percent of the bare median.
+//
+// store=quiet: nothing signalled (a fresh process). store=armed: another op
+// is terminated, as after any terminate (they are sticky), so the gate
+// resolves and looks up every call's op.
+//
+// ctx=cancellable: the caller's context can be cancelled (a request context,
+// a deadline), as an agent's tool calls usually are. ctx=background: it
+// cannot; then in-flight cancellation gives gRPC the first cancellable
+// context of the call, which costs gRPC more than the gate itself.
+func BenchmarkEchoOverhead(b *testing.B) {
+	for _, armed := range []bool{false, true} {
+		for _, cancellable := range []bool{true, false} {
+			name := map[bool]string{false: "store=quiet", true: "store=armed"}[armed] +
+				map[bool]string{false: "/ctx=background", true: "/ctx=cancellable"}[cancellable]
+			b.Run(name, func(b *testing.B) { benchEchoOverhead(b, armed, cancellable) })
+		}
+	}
+}
+
+func benchEchoOverhead(b *testing.B, armed, cancellable bool) {
+	e := newEnv(b)
+	a := e.startAgent(b, agentConfig{})
+	tr := newTracing(b)
+	if armed {
+		_, _, other := tr.op(b, "other-op")
+		e.signal(b, a, other, controlstore.SignalTerminate)
+	}
+	noMetrics := interceptor.WithMeterProvider(noop.NewMeterProvider())
+	conns := []struct {
+		name string
+		c    *toolserver.Client
+		d    []time.Duration
+	}{
+		{name: "bare", c: toolserver.NewClient(dial(b, e.tools.Addr()))},
+		{name: "gated", c: toolserver.NewClient(dial(b, e.tools.Addr(), interceptor.DialOptions(a.store, noMetrics)...))},
+		{name: "gated-inflight-off", c: toolserver.NewClient(dial(b, e.tools.Addr(),
+			interceptor.DialOptions(a.store, noMetrics, interceptor.WithInFlightCancellation(false))...))},
+	}
+	ctx, span, _ := tr.op(b, "op")
+	if !span.IsRecording() {
+		b.Fatal("the caller's span must be a recording SDK span")
+	}
+	if cancellable {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+	}
+	for i := range conns {
+		if _, err := conns[i].c.Echo(ctx, "warm-up"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	r := 0
+	for b.Loop() {
+		r++
+		for k := range conns {
+			c := &conns[(r+k)%len(conns)]
+			t0 := time.Now()
+			if _, err := c.c.Echo(ctx, "x"); err != nil {
+				b.Fatal(err)
+			}
+			c.d = append(c.d, time.Since(t0))
+		}
+	}
+	med := make([]time.Duration, len(conns))
+	for i := range conns {
+		slices.Sort(conns[i].d)
+		med[i] = conns[i].d[len(conns[i].d)/2]
+		b.ReportMetric(float64(med[i].Nanoseconds()), conns[i].name+"-ns")
+	}
+	for i := 1; i < len(conns); i++ {
+		b.ReportMetric(100*float64(med[i]-med[0])/float64(med[0]), conns[i].name+"-overhead-%")
+	}
+}
