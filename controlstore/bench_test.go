@@ -171,3 +171,31 @@ func BenchmarkTrackRelease(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkRelease10000Floor is the Go runtime's own floor for the above:
+// 10,000 goroutines blocked in a select, one close, a WaitGroup. Compare
+// in the same run.
+func BenchmarkRelease10000Floor(b *testing.B) {
+	const n = 10000
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		ch, other := make(chan struct{}), make(chan struct{})
+		var parked, done sync.WaitGroup
+		parked.Add(n)
+		done.Add(n)
+		for j := 0; j < n; j++ {
+			go func() {
+				defer done.Done()
+				parked.Done()
+				select {
+				case <-ch:
+				case <-other:
+				}
+			}()
+		}
+		parked.Wait()
+		b.StartTimer()
+		close(ch)
+		done.Wait()
+	}
+}

@@ -50,6 +50,7 @@ type Store struct {
 	paused     entryList
 	terminated entryList
 	scopesCh   chan struct{} // closed and replaced when the agent or global scope, or failClosed, changes
+	waiting    map[*entry]struct{}
 	absent     map[opKey]*absentWait
 	live       bool
 	liveSince  time.Time
@@ -87,10 +88,12 @@ func newEntry(id string, sc Scope) *entry {
 	}
 }
 
-// waitChan returns the channel closed on e's next change. Under Store.mu.
-func (e *entry) waitChan() <-chan struct{} {
+// waitChan returns the channel closed on e's next change, or on the next
+// change of a reserved scope. Under mu.
+func (s *Store) waitChan(e *entry) <-chan struct{} {
 	if e.changed == nil {
 		e.changed = make(chan struct{})
+		s.waiting[e] = struct{}{}
 	}
 	return e.changed
 }
@@ -113,6 +116,7 @@ func New(agent Agent, opts ...Option) *Store {
 		seed:      newHashSeed(),
 		now:       o.now,
 		scopesCh:  make(chan struct{}),
+		waiting:   make(map[*entry]struct{}),
 		absent:    make(map[opKey]*absentWait),
 	}
 	s.liveSince = s.now()
@@ -284,7 +288,7 @@ func (s *Store) wait(ctx context.Context, op *Op) error {
 		waited = nil
 		if !op.IsZero() {
 			if waited = s.tab.Load().lookup(&op.key, op.key.hash(&s.seed)); waited != nil {
-				opCh = waited.waitChan()
+				opCh = s.waitChan(waited)
 			} else {
 				absent = s.absent[op.key]
 				if absent == nil {
@@ -295,18 +299,21 @@ func (s *Store) wait(ctx context.Context, op *Op) error {
 				opCh = absent.ch
 			}
 		}
-		scopesCh := s.scopesCh
+		if opCh == nil {
+			opCh = s.scopesCh // no op: only the scopes concern this call
+		}
 		s.mu.Unlock()
 
-		// The channels were read under mu, so any change from here on closes
-		// one of them: counting the call as held now is exact.
+		// The channel was read under mu, so any change from here on closes
+		// it: counting the call as held now is exact. One channel per waiter
+		// (scope changes close op channels too) keeps waking thousands of
+		// held calls free of contention on a shared channel.
 		s.held.Add(1)
 		select {
 		case <-ctx.Done():
 			s.held.Add(-1)
 			return &PausedError{OpID: pe.OpID, Scope: pe.Scope, Err: ctx.Err()}
 		case <-opCh:
-		case <-scopesCh:
 		}
 		s.held.Add(-1)
 		s.wakeups.Add(1)
@@ -409,10 +416,20 @@ func (s *Store) applyScope(e *entry, sig Signal) {
 }
 
 // notifyScopes wakes every held call: a change of a reserved scope or of
-// failing closed concerns them all. Under mu.
+// failing closed concerns them all. Scope changes are rare; held calls wait
+// on their op's channel alone, so each of those is closed too. Under mu.
 func (s *Store) notifyScopes() {
 	close(s.scopesCh)
 	s.scopesCh = make(chan struct{})
+	for e := range s.waiting {
+		close(e.changed)
+		e.changed = nil
+	}
+	clear(s.waiting)
+	for k, w := range s.absent {
+		close(w.ch)
+		delete(s.absent, k)
+	}
 }
 
 // applyOp changes, creates or removes a per-op entry and returns the entry
@@ -444,7 +461,7 @@ func (s *Store) applyOp(opID string, sig Signal) *entry {
 		s.list(next).push(e)
 	}
 	e.state.Store(uint32(next))
-	notify(e)
+	s.notify(e)
 	return e
 }
 
@@ -509,7 +526,7 @@ func (s *Store) makeRoom() {
 		s.paused.remove(victim)
 		s.stats.EvictedPaused++
 		victim.evicted.Store(true)
-		notify(victim)
+		s.notify(victim)
 	}
 	s.remove(victim)
 	s.metrics.evict(State(victim.state.Load()))
@@ -523,10 +540,12 @@ func (s *Store) rearm() {
 		s.failClosed.Load())
 }
 
-func notify(e *entry) {
+// notify wakes the calls held on e. Under mu.
+func (s *Store) notify(e *entry) {
 	if e.changed != nil {
 		close(e.changed)
 		e.changed = nil
+		delete(s.waiting, e)
 	}
 }
 
