@@ -48,9 +48,12 @@
 // parsed once, when the signal arrives, and looked up by the raw trace and
 // span id arrays. Reads never insert entries.
 //
-// Every entry and scope has its own change channel, closed and replaced on
-// each change, so a signal wakes only the calls it concerns: a RESUME of op X
-// wakes the calls held on X, never those held on Y.
+// A held call waits on one channel: its op's entry's (made when the first
+// call waits on it), or, when its op has no entry yet, one kept for that op
+// id until a signal for it arrives. A signal for op X closes X's channel
+// only, so it wakes the calls held on X and never those held on Y; a change
+// of the agent or global scope, which concerns every call, closes them all.
+// Woken calls re-check without taking the writer's lock.
 //
 // # Bounded memory
 //
