@@ -177,14 +177,12 @@ func BenchmarkTerminateInFlight(b *testing.B) {
 	done := make(chan result, 1)
 	for b.Loop() {
 		ctx, opID, _ := ops.next()
-		running := e.probe.count(toolserver.WorkMethod)
+		running := e.tools.Entered(toolserver.WorkMethod)
 		go func() {
 			err := a.tools.Work(ctx, longWork)
 			done <- result{err, time.Now()}
 		}()
-		if !e.probe.waitEntered(toolserver.WorkMethod, running+1, waitFor) {
-			b.Fatal("Work never reached the tool server")
-		}
+		e.waitEntered(b, toolserver.WorkMethod, running+1)
 		t0 := time.Now()
 		e.gw.Publish(a.id, opID, controlstore.SignalTerminate)
 		var r result

@@ -41,7 +41,7 @@ func TestTerminate(t *testing.T) {
 			if n := e.countEvents(toolserver.EchoMethod); n != seen {
 				t.Fatalf("the tool server saw %d calls after the terminate; a refused call must never be sent", n-seen)
 			}
-			if e.probe.count(toolserver.ProgressMethod) != 0 {
+			if e.tools.Entered(toolserver.ProgressMethod) != 0 {
 				t.Fatal("the refused Progress stream reached the tool server")
 			}
 			// Another op of the agent runs after a per-op terminate only.
@@ -93,7 +93,7 @@ func TestPauseResume(t *testing.T) {
 			if n := e.countEvents(toolserver.EchoMethod); n != echoes {
 				t.Fatalf("the tool server saw %d Echo calls while paused, want %d (the other op's)", n, echoes)
 			}
-			if e.probe.count(toolserver.ProgressMethod) != 0 {
+			if e.tools.Entered(toolserver.ProgressMethod) != 0 {
 				t.Fatal("a held stream reached the tool server")
 			}
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,7 +17,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
 	"github.com/opcontrol/opcontrol/controlstore"
@@ -56,20 +54,19 @@ const (
 type env struct {
 	gw    *gatewaytest.Gateway
 	tools *toolserver.Server
-	probe *probe
 	tr    *tracing
 }
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	e := &env{probe: newProbe(), tr: newTracing(t)}
+	e := &env{tr: newTracing(t)}
 	gw, err := gatewaytest.Start(gatewaytest.WithToken(tokenOne, agentOne), gatewaytest.WithToken(tokenTwo, agentTwo))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(gw.Close)
 	e.gw = gw
-	tools, err := toolserver.Start(grpc.StatsHandler(e.probe))
+	tools, err := toolserver.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,89 +328,13 @@ func attr(ev sdktrace.Event, key attribute.Key) attribute.Value {
 	return attribute.Value{}
 }
 
-// probe is the tool server's stats handler: it sees each call's handler
-// start (InPayload: the handler reads its request itself, so a received
-// request means the handler runs) and every call end (End, with the status
-// the server ended it with). End is what proves that a cancellation reached
-// the server: the tool server's own Events miss a unary call cancelled while
-// its handler is still reading the request (grpc's RecvMsg of a unary request
-// waits for the client's half-close after the message, and fails if the
-// cancellation comes first; the handler then returns without recording).
-type probe struct {
-	mu      sync.Mutex
-	entered map[string]int
-	ended   []serverEnd
-	changed chan struct{} // closed and replaced on every record
-}
-
-// serverEnd is one call as the tool server's gRPC server ended it.
-type serverEnd struct {
-	method string
-	err    error
-}
-
-func newProbe() *probe { return &probe{entered: make(map[string]int), changed: make(chan struct{})} }
-
-func (p *probe) count(method string) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.entered[method]
-}
-
-// wait blocks until cond holds for the probe's records, or timeout.
-func (p *probe) wait(timeout time.Duration, cond func() bool) bool {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	for {
-		p.mu.Lock()
-		ok, ch := cond(), p.changed
-		p.mu.Unlock()
-		if ok {
-			return true
-		}
-		select {
-		case <-ch:
-		case <-t.C:
-			return false
-		}
-	}
-}
-
-// waitEntered blocks until n calls of method in all have entered.
-func (p *probe) waitEntered(method string, n int, timeout time.Duration) bool {
-	return p.wait(timeout, func() bool { return p.entered[method] >= n })
-}
-
-type methodKey struct{}
-
-func (p *probe) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
-	return context.WithValue(ctx, methodKey{}, info.FullMethodName)
-}
-
-func (p *probe) HandleRPC(ctx context.Context, s stats.RPCStats) {
-	method, _ := ctx.Value(methodKey{}).(string)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	switch s := s.(type) {
-	case *stats.InPayload:
-		p.entered[method]++
-	case *stats.End:
-		p.ended = append(p.ended, serverEnd{method: method, err: s.Error})
-	default:
-		return
-	}
-	close(p.changed)
-	p.changed = make(chan struct{})
-}
-
-func (p *probe) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
-func (p *probe) HandleConn(context.Context, stats.ConnStats)                       {}
-
 // waitEntered waits until the tool server runs n calls of method in all.
 func (e *env) waitEntered(t testing.TB, method string, n int) {
 	t.Helper()
-	if !e.probe.waitEntered(method, n, waitFor) {
-		t.Fatalf("%d %s call(s) did not reach the tool server within %v (%d did)", n, method, waitFor, e.probe.count(method))
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if e.tools.Wait(ctx, func() bool { return e.tools.Entered(method) >= n }) != nil {
+		t.Fatalf("%d %s call(s) did not reach the tool server within %v (%d did)", n, method, waitFor, e.tools.Entered(method))
 	}
 }
 
@@ -422,22 +343,24 @@ func (e *env) waitEntered(t testing.TB, method string, n int) {
 // call of method may have ended otherwise.
 func (e *env) waitServerCancelled(t testing.TB, method string) {
 	t.Helper()
-	var ends []serverEnd
-	ok := e.probe.wait(waitFor, func() bool {
+	var ends []toolserver.End
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	err := e.tools.Wait(ctx, func() bool {
 		ends = ends[:0]
-		for _, se := range e.probe.ended {
-			if se.method == method {
+		for _, se := range e.tools.Ended() {
+			if se.Method == method {
 				ends = append(ends, se)
 			}
 		}
 		return len(ends) > 0
 	})
-	if !ok {
+	if err != nil {
 		t.Fatalf("the tool server never ended a %s call within %v", method, waitFor)
 	}
 	for _, se := range ends {
-		if status.Code(se.err) != codes.Canceled {
-			t.Fatalf("the tool server ended %s with %v, want Canceled: the cancellation must reach the server", method, se.err)
+		if status.Code(se.Err) != codes.Canceled {
+			t.Fatalf("the tool server ended %s with %v, want Canceled: the cancellation must reach the server", method, se.Err)
 		}
 	}
 }

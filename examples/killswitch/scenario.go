@@ -161,7 +161,7 @@ func (s *scenario) pauseResume(ctx context.Context) error {
 
 func (s *scenario) terminateMidCall(ctx context.Context) error {
 	w := s.w
-	running := w.probe.count(toolserver.WorkMethod)
+	running := w.tools.Entered(toolserver.WorkMethod)
 	killed := w.start(s.b, fmt.Sprintf("Work(%v)", longWork), work(longWork))
 	companion := w.start(s.d, fmt.Sprintf("Work(%v)", w.paced(companionWork)), work(w.paced(companionWork)))
 	if err := w.waitRunning(ctx, toolserver.WorkMethod, running, 2, killed, companion); err != nil {
@@ -171,7 +171,7 @@ func (s *scenario) terminateMidCall(ctx context.Context) error {
 	if err := w.pace(ctx, runFor); err != nil {
 		return err
 	}
-	mark := w.probe.ends()
+	mark := len(w.tools.Ended())
 	published, err := w.publish(ctx, s.b, controlstore.SignalTerminate)
 	if err != nil {
 		return err
@@ -185,7 +185,7 @@ func (s *scenario) terminateMidCall(ctx context.Context) error {
 		return err
 	}
 	w.tl.note("1/B Work returned %s after the TERMINATE was published (it asked for %v of work)", ms(out.end.Sub(published)), longWork)
-	w.tl.note("tool server: its Work call ended %v: the cancellation reached the server", status.Code(se.err))
+	w.tl.note("tool server: its Work call ended %v: the cancellation reached the server", status.Code(se.Err))
 	_, err = finish(ctx, companion, expectAllowed())
 	return err
 }
@@ -238,7 +238,7 @@ func (s *scenario) terminateMidStream(ctx context.Context) error {
 		}
 	}
 	w.tl.note("1/C Progress is streaming: %d ticks received", ticksBeforeKill)
-	mark, events := w.probe.ends(), len(w.tools.Events())
+	mark, events := len(w.tools.Ended()), len(w.tools.Events())
 	if _, err := w.publish(ctx, s.c, controlstore.SignalTerminate); err != nil {
 		return err
 	}
@@ -255,7 +255,7 @@ func (s *scenario) terminateMidStream(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w.tl.note("tool server: its Progress stream ended %v after sending %d ticks", status.Code(se.err), ev.Ticks)
+	w.tl.note("tool server: its Progress stream ended %v after sending %d ticks", status.Code(se.Err), ev.Ticks)
 	return nil
 }
 
@@ -263,7 +263,7 @@ func (s *scenario) haltAgent(ctx context.Context) error {
 	w := s.w
 	agent1 := s.d.agent
 	target := controlstore.AgentOpIDPrefix + agent1.id.AgentID
-	running := w.probe.count(toolserver.WorkMethod)
+	running := w.tools.Entered(toolserver.WorkMethod)
 	killed := w.start(s.d, fmt.Sprintf("Work(%v)", longWork), work(longWork))
 	other := w.start(s.e, fmt.Sprintf("Work(%v)", w.paced(companionWork)), work(w.paced(companionWork)))
 	if err := w.waitRunning(ctx, toolserver.WorkMethod, running, 2, killed, other); err != nil {
@@ -273,7 +273,7 @@ func (s *scenario) haltAgent(ctx context.Context) error {
 	if err := w.pace(ctx, runFor); err != nil {
 		return err
 	}
-	mark := w.probe.ends()
+	mark := len(w.tools.Ended())
 	if _, err := w.haltAgent(ctx, agent1, controlstore.SignalTerminate); err != nil {
 		return err
 	}
@@ -299,7 +299,7 @@ func (s *scenario) haltAgent(ctx context.Context) error {
 
 func (s *scenario) haltAll(ctx context.Context) error {
 	w := s.w
-	running := w.probe.count(toolserver.WorkMethod)
+	running := w.tools.Entered(toolserver.WorkMethod)
 	killed := w.start(s.e, fmt.Sprintf("Work(%v)", longWork), work(longWork))
 	if err := w.waitRunning(ctx, toolserver.WorkMethod, running, 1, killed); err != nil {
 		return err
@@ -307,7 +307,7 @@ func (s *scenario) haltAll(ctx context.Context) error {
 	if err := w.pace(ctx, runFor); err != nil {
 		return err
 	}
-	mark := w.probe.ends()
+	mark := len(w.tools.Ended())
 	if _, err := w.haltAll(ctx, controlstore.SignalTerminate); err != nil {
 		return err
 	}

@@ -10,9 +10,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
 	"github.com/opcontrol/opcontrol/controlstore"
@@ -37,7 +35,6 @@ type world struct {
 	tl     *timeline
 	gw     *gatewaytest.Gateway
 	tools  *toolserver.Server
-	probe  *probe
 	tp     *sdktrace.TracerProvider
 	spans  *tracetest.SpanRecorder
 	tracer trace.Tracer
@@ -51,7 +48,7 @@ type world struct {
 }
 
 func newWorld(ctx context.Context, cfg config, tl *timeline) (w *world, err error) {
-	w = &world{cfg: cfg, tl: tl, probe: newProbe()}
+	w = &world{cfg: cfg, tl: tl}
 	w.ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	defer func() {
 		if err != nil {
@@ -66,9 +63,9 @@ func newWorld(ctx context.Context, cfg config, tl *timeline) (w *world, err erro
 	if w.gw, err = gatewaytest.Start(opts...); err != nil {
 		return nil, err
 	}
-	// The probe tells the scenario when a tool call's handler is running,
-	// so that "terminate mid-call" never races the call's arrival.
-	if w.tools, err = toolserver.Start(grpc.StatsHandler(w.probe)); err != nil {
+	// The tool server tells the scenario when a tool call's handler is
+	// running, so that "terminate mid-call" never races the call's arrival.
+	if w.tools, err = toolserver.Start(); err != nil {
 		return nil, err
 	}
 	// Real SDK spans, kept in memory: the interceptor reads the op id from
@@ -232,7 +229,7 @@ func (w *world) waitRunning(ctx context.Context, method string, before, n int, c
 				return true
 			}
 		}
-		return w.probe.count(method) >= before+n
+		return w.tools.Entered(method) >= before+n
 	})
 	for _, p := range calls {
 		if p.returned() {
@@ -249,11 +246,11 @@ func (w *world) waitRunning(ctx context.Context, method string, before, n int, c
 // serverSawCancel waits until the tool server's gRPC server has ended a
 // call of method with Canceled, among the calls of method it ended after the
 // first mark: the kill reached the server, not just the client.
-func (w *world) serverSawCancel(ctx context.Context, mark int, method string) (serverEnd, error) {
-	var found serverEnd
-	err := w.probe.wait(ctx, func(ended []serverEnd) bool {
-		for _, se := range ended[mark:] {
-			if se.method == method && status.Code(se.err) == codes.Canceled {
+func (w *world) serverSawCancel(ctx context.Context, mark int, method string) (toolserver.End, error) {
+	var found toolserver.End
+	err := w.tools.Wait(ctx, func() bool {
+		for _, se := range w.tools.Ended()[mark:] {
+			if se.Method == method && status.Code(se.Err) == codes.Canceled {
 				found = se
 				return true
 			}
@@ -261,7 +258,7 @@ func (w *world) serverSawCancel(ctx context.Context, mark int, method string) (s
 		return false
 	})
 	if err != nil {
-		return serverEnd{}, fmt.Errorf("the tool server never saw a %s call cancelled: %w", method, err)
+		return toolserver.End{}, fmt.Errorf("the tool server never saw a %s call cancelled: %w", method, err)
 	}
 	return found, nil
 }
@@ -362,82 +359,6 @@ func poll(ctx context.Context, cond func() bool) error {
 	}
 	return nil
 }
-
-// probe is the tool server's stats handler. It sees each call's handler
-// start (InPayload: the handler reads its request itself, so a received
-// request means the handler runs) and every call's end, with the status the
-// server ended it with: proof that a cancellation reached the server, even
-// for a call cancelled while its handler was still reading the request (the
-// tool server's own Events miss those).
-type probe struct {
-	mu      sync.Mutex
-	entered map[string]int
-	ended   []serverEnd
-	changed chan struct{} // closed and replaced on every record
-}
-
-// serverEnd is one call as the tool server's gRPC server ended it.
-type serverEnd struct {
-	method string
-	err    error
-}
-
-func newProbe() *probe { return &probe{entered: make(map[string]int), changed: make(chan struct{})} }
-
-func (p *probe) count(method string) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.entered[method]
-}
-
-// ends returns how many calls the server has ended.
-func (p *probe) ends() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.ended)
-}
-
-// wait blocks until cond holds for the ended calls, or ctx ends.
-func (p *probe) wait(ctx context.Context, cond func([]serverEnd) bool) error {
-	for {
-		p.mu.Lock()
-		ok, ch := cond(p.ended), p.changed
-		p.mu.Unlock()
-		if ok {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-type methodKey struct{}
-
-func (p *probe) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
-	return context.WithValue(ctx, methodKey{}, info.FullMethodName)
-}
-
-func (p *probe) HandleRPC(ctx context.Context, s stats.RPCStats) {
-	method, _ := ctx.Value(methodKey{}).(string)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	switch s := s.(type) {
-	case *stats.InPayload:
-		p.entered[method]++
-	case *stats.End:
-		p.ended = append(p.ended, serverEnd{method: method, err: s.Error})
-	default:
-		return
-	}
-	close(p.changed)
-	p.changed = make(chan struct{})
-}
-
-func (p *probe) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
-func (p *probe) HandleConn(context.Context, stats.ConnStats)                       {}
 
 // spanEvents returns the events recorded so far on a live SDK span.
 func spanEvents(span trace.Span) []sdktrace.Event {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -45,10 +46,21 @@ type Server struct {
 	srv *grpc.Server
 	ln  net.Listener
 
-	mu     sync.Mutex
-	events []Event
-	notify chan struct{} // closed and replaced on every event
-	wg     sync.WaitGroup
+	mu      sync.Mutex
+	events  []Event
+	entered map[string]int
+	ended   []End
+	notify  chan struct{} // closed and replaced on every record
+	wg      sync.WaitGroup
+}
+
+// End is one call as the server's gRPC layer ended it, seen by a stats
+// handler the server installs itself. Unlike Events, Ends include calls
+// cancelled before their handler finished reading the request, so they are
+// the proof that a client's cancellation reached the server.
+type End struct {
+	Method string
+	Err    error // the status the call ended with; nil for OK
 }
 
 // Start serves the tool service on 127.0.0.1:0.
@@ -57,7 +69,8 @@ func Start(opts ...grpc.ServerOption) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{srv: grpc.NewServer(opts...), ln: ln, notify: make(chan struct{})}
+	s := &Server{ln: ln, entered: make(map[string]int), notify: make(chan struct{})}
+	s.srv = grpc.NewServer(append([]grpc.ServerOption{grpc.StatsHandler(observer{s})}, opts...)...)
 	s.srv.RegisterService(&grpc.ServiceDesc{
 		ServiceName: ServiceName,
 		HandlerType: (*any)(nil),
@@ -96,28 +109,84 @@ func (s *Server) Events() []Event {
 // WaitEvents blocks until the server has seen at least n calls end, or ctx
 // ends.
 func (s *Server) WaitEvents(ctx context.Context, n int) ([]Event, error) {
+	if err := s.Wait(ctx, func() bool { return len(s.Events()) >= n }); err != nil {
+		return nil, fmt.Errorf("toolserver: %d of %d calls seen: %w", len(s.Events()), n, err)
+	}
+	return s.Events(), nil
+}
+
+// Entered returns how many calls of method have reached their handler (the
+// server received their request).
+func (s *Server) Entered(method string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.entered[method]
+}
+
+// Ended returns every call the server's gRPC layer has ended, oldest first.
+func (s *Server) Ended() []End {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]End(nil), s.ended...)
+}
+
+// Wait blocks until cond holds or ctx ends. cond is evaluated again after
+// every call that enters, ends or records an Event.
+func (s *Server) Wait(ctx context.Context, cond func() bool) error {
 	for {
 		s.mu.Lock()
-		if len(s.events) >= n {
-			ev := append([]Event(nil), s.events...)
-			s.mu.Unlock()
-			return ev, nil
-		}
 		ch := s.notify
 		s.mu.Unlock()
+		if cond() {
+			return nil
+		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("toolserver: %d of %d calls seen: %w", len(s.Events()), n, ctx.Err())
+			return ctx.Err()
 		}
 	}
 }
 
+// changedLocked wakes Wait. Under mu.
+func (s *Server) changedLocked() {
+	close(s.notify)
+	s.notify = make(chan struct{})
+}
+
+// observer is the server's stats handler: it counts calls entering their
+// handler (the request arrived) and records how each call ended.
+type observer struct{ s *Server }
+
+type methodKey struct{}
+
+func (o observer) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	return context.WithValue(ctx, methodKey{}, info.FullMethodName)
+}
+
+func (o observer) HandleRPC(ctx context.Context, st stats.RPCStats) {
+	method, _ := ctx.Value(methodKey{}).(string)
+	s := o.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch st := st.(type) {
+	case *stats.InPayload:
+		s.entered[method]++
+	case *stats.End:
+		s.ended = append(s.ended, End{Method: method, Err: st.Error})
+	default:
+		return
+	}
+	s.changedLocked()
+}
+
+func (observer) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (observer) HandleConn(context.Context, stats.ConnStats)                       {}
+
 func (s *Server) record(e Event) {
 	s.mu.Lock()
 	s.events = append(s.events, e)
-	close(s.notify)
-	s.notify = make(chan struct{})
+	s.changedLocked()
 	s.mu.Unlock()
 }
 
