@@ -166,8 +166,11 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		s.mu.Unlock()
 	}()
 
+	// One backoff draw per failed attempt: it is both the wait before the
+	// next attempt and that attempt's connect window (at least
+	// MinConnectWindow), so the waits follow the backoff's own schedule.
+	window := MinConnectWindow
 	for first := true; ; first = false {
-		window := max(nextBackOff(b, s.opts.misconfigWait), MinConnectWindow)
 		if !first {
 			s.metrics.reconnect(s.Status().LastCode)
 		}
@@ -178,12 +181,15 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		if out.liveFor >= s.opts.stableAfter {
 			b.Reset()
 		}
+		interval := nextBackOff(b, s.opts.misconfigWait)
+		window = max(interval, MinConnectWindow)
 		if out.notReady {
+			// The attempt already waited its whole window.
 			s.failed(Connecting, codes.Unavailable, out.err, 0, 0)
 			continue
 		}
 		state, code := classify(out.err)
-		wait := nextBackOff(b, s.opts.misconfigWait)
+		wait := interval
 		if state != Backoff {
 			wait = max(wait, slowWait(s.opts.misconfigWait))
 		}
