@@ -25,7 +25,7 @@ BENCH_COUNT ?= 6
 BENCH_OUT ?= .cache/bench/new.txt
 BENCH_BASE ?=
 
-.PHONY: help tools generate drift lint fmt-check vet golangci test bench vuln fuzz ci
+.PHONY: help tools generate drift lint fmt-check vet golangci test bench vuln fuzz soak ci
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ vuln: ## govulncheck against an offline DB; fails only on reachable module vulns
 
 fuzz: ## run every Fuzz* target for FUZZTIME (default 10s)
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
+
+soak: ## the robustness suite's long mode (minutes; see RELIABILITY.md)
+	./scripts/soak.sh
 
 ci: ## everything CI runs, in CI's order
 	./.ci/run
