@@ -84,7 +84,7 @@
 // # Cost
 //
 // While nothing is signalled, with in-flight cancellation off, a call costs
-// a method-name comparison, two atomic loads and an atomic add, and
+// a method-name comparison, one atomic load and an atomic add, and
 // allocates nothing. Once something is signalled (terminates are sticky, so
 // usually for the rest of the process) the op is resolved from the context
 // and looked up without locks or allocations. With in-flight cancellation on

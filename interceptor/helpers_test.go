@@ -484,9 +484,8 @@ func (m *metricsReader) holds(t testing.TB, val string) (uint64, float64) {
 	return 0, 0
 }
 
-// waitHeld waits until at least n goroutines are parked in the store's Wait,
-// i.e. held by the gate. The store exposes no waiter count, so this reads
-// goroutine stacks; it is test-only and polls with a generous deadline.
+// waitHeld waits until at least n calls are parked in the store's Wait,
+// i.e. held by the gate (Store.Held counts them exactly).
 func waitHeld(t testing.TB, store *controlstore.Store, n int) {
 	t.Helper()
 	eventually(t, fmt.Sprintf("%d call(s) held in Store.Wait", n), func() bool {
