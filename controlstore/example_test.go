@@ -13,7 +13,10 @@ import (
 // The subscriber applies signals; every outbound call checks its op. This
 // example plays both parts by hand.
 func Example() {
-	store := controlstore.New(controlstore.Agent{OrgID: "acme", TeamID: "platform", AgentID: "agent-7"})
+	store, err := controlstore.New(controlstore.Agent{OrgID: "acme", TeamID: "platform", AgentID: "agent-7"})
+	if err != nil {
+		panic(err)
+	}
 
 	// The op of a call is its OpenTelemetry span: "{trace_id}:{span_id}".
 	traceID, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
@@ -30,7 +33,7 @@ func Example() {
 	// The operator halts every op of this agent: terminate is sticky.
 	_ = store.Apply("agent:agent-7", controlstore.SignalTerminate)
 	_ = store.Apply("agent:agent-7", controlstore.SignalResume)
-	err := store.Check(op)
+	err = store.Check(op)
 	var te *controlstore.TerminatedError
 	fmt.Println(errors.Is(err, controlstore.ErrTerminated), errors.As(err, &te) && te.Scope == controlstore.ScopeAgent)
 	fmt.Println(err)

@@ -1,7 +1,7 @@
 package controlstore
 
 import (
-	"strconv"
+	"fmt"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
@@ -20,12 +20,22 @@ type options struct {
 // DefaultMaxEntries). When the store is full, a new entry evicts the oldest
 // terminated entry, or, only if every entry is paused, the oldest paused one.
 // Reserved scopes ("*", "agent:{agent_id}") never count and are never
-// evicted. It panics when n < 1.
+// evicted. New refuses n outside [1, MaxEntriesLimit].
 func WithMaxEntries(n int) Option {
-	if n < 1 {
-		panic("controlstore: WithMaxEntries needs n >= 1, got " + strconv.Itoa(n))
-	}
 	return func(o *options) { o.maxEntries = n }
+}
+
+// MaxEntriesLimit is the largest cap WithMaxEntries accepts.
+const MaxEntriesLimit = 1 << 24
+
+func (o *options) validate() error {
+	if o.maxEntries < 1 || o.maxEntries > MaxEntriesLimit {
+		return fmt.Errorf("controlstore: WithMaxEntries(%d) is out of range [1, %d]", o.maxEntries, MaxEntriesLimit)
+	}
+	if o.now == nil {
+		o.now = time.Now
+	}
+	return nil
 }
 
 // WithMeterProvider sets where the store's metrics go (default: the global

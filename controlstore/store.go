@@ -2,10 +2,13 @@ package controlstore
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // DefaultMaxEntries is the per-op entry cap when WithMaxEntries is not given.
@@ -98,16 +101,29 @@ func (s *Store) waitChan(e *entry) <-chan struct{} {
 	return e.changed
 }
 
-// New returns an empty store for agent. It panics when agent.AgentID is
-// empty: the agent halt "agent:{agent_id}" could never be matched, and the
-// gateway refuses such a subscription anyway.
-func New(agent Agent, opts ...Option) *Store {
+// New returns an empty store for agent, or an error when the configuration
+// could never work: an empty agent.AgentID (the agent halt
+// "agent:{agent_id}" could never match, and the gateway refuses such a
+// subscription), a triple that is not valid UTF-8 (it cannot be sent), or an
+// option out of range. The agent's own halt id is accepted whatever its
+// length. A nil Option is ignored.
+func New(agent Agent, opts ...Option) (*Store, error) {
 	if agent.AgentID == "" {
-		panic("controlstore: New needs a non-empty Agent.AgentID")
+		return nil, errors.New("controlstore: New: Agent.AgentID is empty; it must be the agent id registered with the gateway")
+	}
+	for _, f := range []struct{ name, v string }{{"OrgID", agent.OrgID}, {"TeamID", agent.TeamID}, {"AgentID", agent.AgentID}} {
+		if !utf8.ValidString(f.v) {
+			return nil, fmt.Errorf("controlstore: New: Agent.%s is not valid UTF-8", f.name)
+		}
 	}
 	o := options{maxEntries: DefaultMaxEntries, now: time.Now}
 	for _, opt := range opts {
-		opt(&o)
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if err := o.validate(); err != nil {
+		return nil, err
 	}
 	s := &Store{
 		agent:     agent,
@@ -126,7 +142,7 @@ func New(agent Agent, opts ...Option) *Store {
 	s.agentScope.termErr = TerminatedError{OpID: s.agentOpID, Scope: ScopeAgent}
 	s.agentScope.pauseErr = PausedError{OpID: s.agentOpID, Scope: ScopeAgent}
 	s.metrics = newMetrics(o.meterProvider)
-	return s
+	return s, nil
 }
 
 // Agent returns the agent the store was created for.
@@ -385,6 +401,8 @@ func (s *Store) validate(opID string, sig Signal) *RejectedError {
 		reason = ReasonUnknownSignal
 	case opID == "":
 		reason = ReasonEmptyOpID
+	case opID == s.agentOpID:
+		return nil // the agent's own halt, however long its id
 	case len(opID) > MaxOpIDLen:
 		reason = ReasonOpIDTooLong
 	case strings.HasPrefix(opID, AgentOpIDPrefix) && opID != s.agentOpID:

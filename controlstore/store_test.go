@@ -3,7 +3,7 @@ package controlstore_test
 import (
 	"context"
 	"errors"
-	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -18,7 +18,11 @@ const agentID = "did:key:z6Mkm5rByiqq5UNbvPFPfXtGJwdg2kD1T"
 
 func newStore(t testing.TB, opts ...controlstore.Option) *controlstore.Store {
 	t.Helper()
-	return controlstore.New(controlstore.Agent{OrgID: "acme", TeamID: "platform", AgentID: agentID}, opts...)
+	s, err := controlstore.New(controlstore.Agent{OrgID: "acme", TeamID: "platform", AgentID: agentID}, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // op returns a distinct OpenTelemetry op and its gateway id.
@@ -38,23 +42,68 @@ func mustApply(t testing.TB, s *controlstore.Store, id string, sig controlstore.
 	}
 }
 
-func TestNewPanicsWithoutAgentID(t *testing.T) {
-	defer func() {
-		r := recover()
-		if r == nil || !strings.Contains(fmt.Sprint(r), "AgentID") {
-			t.Fatalf("recover() = %v, want a panic naming AgentID", r)
-		}
-	}()
-	controlstore.New(controlstore.Agent{OrgID: "o"})
+func TestNewRefusesConfigurationsThatCannotWork(t *testing.T) {
+	good := controlstore.Agent{OrgID: "o", TeamID: "t", AgentID: agentID}
+	tests := []struct {
+		name  string
+		agent controlstore.Agent
+		opts  []controlstore.Option
+		want  string // in the error
+	}{
+		{"no agent id", controlstore.Agent{OrgID: "o"}, nil, "AgentID is empty"},
+		{"org not UTF-8", controlstore.Agent{OrgID: "\xff", AgentID: "a"}, nil, "OrgID is not valid UTF-8"},
+		{"agent not UTF-8", controlstore.Agent{AgentID: "a\xc0"}, nil, "AgentID is not valid UTF-8"},
+		{"max entries 0", good, []controlstore.Option{controlstore.WithMaxEntries(0)}, "WithMaxEntries(0) is out of range"},
+		{"max entries negative", good, []controlstore.Option{controlstore.WithMaxEntries(-1)}, "out of range"},
+		{"max entries over the limit", good, []controlstore.Option{controlstore.WithMaxEntries(controlstore.MaxEntriesLimit + 1)}, "out of range"},
+		{"max entries MaxInt", good, []controlstore.Option{controlstore.WithMaxEntries(math.MaxInt)}, "out of range"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := controlstore.New(tc.agent, tc.opts...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New = %v, %v; want an error containing %q", s, err, tc.want)
+			}
+			if s != nil {
+				t.Fatalf("New returned a store with its error")
+			}
+		})
+	}
 }
 
-func TestWithMaxEntriesPanicsOnNonPositive(t *testing.T) {
-	defer func() {
-		if recover() == nil {
-			t.Fatal("WithMaxEntries(0) did not panic")
-		}
-	}()
-	controlstore.WithMaxEntries(0)
+func TestNewIgnoresNilOption(t *testing.T) {
+	s, err := controlstore.New(controlstore.Agent{AgentID: "a"}, nil, controlstore.WithMaxEntries(1), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, s, "x", controlstore.SignalPause)
+	mustApply(t, s, "y", controlstore.SignalPause)
+	if s.Len() != 1 {
+		t.Fatalf("Len = %d, want 1: the option between the nils was not applied", s.Len())
+	}
+}
+
+// The agent's own halt must match whatever the length of its id: a store
+// whose agent halt is refused as too long would ignore every halt of its
+// agent.
+func TestLongAgentIDHaltIsAccepted(t *testing.T) {
+	long := "did:key:z" + strings.Repeat("6Mk", controlstore.MaxOpIDLen)
+	s, err := controlstore.New(controlstore.Agent{AgentID: long})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(controlstore.AgentOpIDPrefix+long, controlstore.SignalTerminate); err != nil {
+		t.Fatalf("Apply(agent halt of a %d-byte id) = %v, want nil", len(long), err)
+	}
+	o, _ := op(1)
+	if err := s.Check(o); !errors.Is(err, controlstore.ErrTerminated) {
+		t.Fatalf("Check after the agent's terminate = %v, want ErrTerminated", err)
+	}
+	// Other ids of that length are still refused.
+	var re *controlstore.RejectedError
+	if err := s.Apply(strings.Repeat("x", controlstore.MaxOpIDLen+1), controlstore.SignalPause); !errors.As(err, &re) || re.Reason != controlstore.ReasonOpIDTooLong {
+		t.Fatalf("Apply(oversized op id) = %v, want op_id_too_long", err)
+	}
 }
 
 func TestStateMachine(t *testing.T) {

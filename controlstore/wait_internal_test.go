@@ -12,7 +12,7 @@ import (
 // paused again. Applying both signals under one hold of the writer lock
 // makes "at once" exact, so the test cannot pass by luck of scheduling.
 func TestWaitRechecksAfterWakeup(t *testing.T) {
-	s := New(Agent{AgentID: "a"})
+	s := mustNew(t, Agent{AgentID: "a"})
 	op := OpFromID("trace-1:span-1")
 	if err := s.Apply("trace-1:span-1", SignalPause); err != nil {
 		t.Fatal(err)
@@ -71,7 +71,7 @@ func waitUntil(t *testing.T, cond func() bool) {
 // Calls held by a scope on an op with no entry leave no bookkeeping behind,
 // whether they leave by cancellation or are released.
 func TestAbsentWaitersCleanUp(t *testing.T) {
-	s := New(Agent{AgentID: "a"})
+	s := mustNew(t, Agent{AgentID: "a"})
 	op := OpFromID("trace-1:span-1")
 	if err := s.Apply(GlobalOpID, SignalPause); err != nil {
 		t.Fatal(err)
@@ -105,4 +105,13 @@ func TestAbsentWaitersCleanUp(t *testing.T) {
 	if len(s.absent) != 0 {
 		t.Fatalf("absent holds %d entries after every waiter left", len(s.absent))
 	}
+}
+
+func mustNew(tb testing.TB, a Agent, opts ...Option) *Store {
+	tb.Helper()
+	s, err := New(a, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/opcontrol/opcontrol/controlstore"
 	"github.com/opcontrol/opcontrol/interceptor"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/internal/toolserver"
 	"github.com/opcontrol/opcontrol/stream"
 	"github.com/opcontrol/opcontrol/stream/gatewaytest"
@@ -104,7 +105,7 @@ func (e *env) startAgent(t testing.TB, cfg agentConfig) *agent {
 	if cfg.id.AgentID == "" {
 		cfg.id, cfg.token = agentOne, tokenOne
 	}
-	a := &agent{id: cfg.id, store: controlstore.New(cfg.id)}
+	a := &agent{id: cfg.id, store: testutil.NewStore(t, cfg.id)}
 	gwOpts := stream.DialOptions()
 	if cfg.gateGatewayConn {
 		gwOpts = append(interceptor.DialOptions(a.store), gwOpts...)

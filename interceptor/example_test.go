@@ -31,7 +31,10 @@ func Example() {
 	go func() { _ = srv.Serve(lis) }()
 	defer srv.Stop()
 
-	store := controlstore.New(controlstore.Agent{AgentID: "did:key:z6MkExample"})
+	store, err := controlstore.New(controlstore.Agent{AgentID: "did:key:z6MkExample"})
+	if err != nil {
+		panic(err)
+	}
 
 	conn, err := grpc.NewClient(lis.Addr().String(),
 		append(interceptor.DialOptions(store), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
@@ -56,14 +59,17 @@ func Example() {
 
 // An explicit op id, for calls whose op is not the current span.
 func ExampleContextWithOpID() {
-	store := controlstore.New(controlstore.Agent{AgentID: "did:key:z6MkExample"})
+	store, err := controlstore.New(controlstore.Agent{AgentID: "did:key:z6MkExample"})
+	if err != nil {
+		panic(err)
+	}
 	_ = store.Apply("trace-001:span-001", controlstore.SignalTerminate)
 
 	unary := interceptor.UnaryClientInterceptor(store)
 	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
 
 	ctx := interceptor.ContextWithOpID(context.Background(), "trace-001:span-001")
-	err := unary(ctx, "/tools.v1.Search/Query", nil, nil, nil, invoker)
+	err = unary(ctx, "/tools.v1.Search/Query", nil, nil, nil, invoker)
 	fmt.Println(err)
 	// Output:
 	// rpc error: code = FailedPrecondition desc = opcontrol: op "trace-001:span-001" terminated

@@ -10,13 +10,14 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/contract"
 )
 
 // OpControlStreamMethod is the full method of the gateway's op-control
 // stream. It is never gated, so that a global pause can never hold the
 // stream that would deliver its resume, even when the interceptors are
 // installed on the gateway connection.
-const OpControlStreamMethod = "/assembly.policy.v1.PolicyService/OpControlStream"
+const OpControlStreamMethod = contract.OpControlStreamMethod
 
 // gate is the state shared by the unary and stream interceptors built by
 // one constructor call. It is immutable after newGate.

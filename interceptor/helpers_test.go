@@ -27,6 +27,7 @@ import (
 
 	"github.com/opcontrol/opcontrol/controlstore"
 	"github.com/opcontrol/opcontrol/interceptor"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -62,7 +63,7 @@ var (
 
 func newStore(t testing.TB, opts ...controlstore.Option) *controlstore.Store {
 	t.Helper()
-	return controlstore.New(controlstore.Agent{OrgID: "org", TeamID: "team", AgentID: testAgentID}, opts...)
+	return testutil.NewStore(t, controlstore.Agent{OrgID: "org", TeamID: "team", AgentID: testAgentID}, opts...)
 }
 
 func apply(t testing.TB, s *controlstore.Store, id string, sig controlstore.Signal) {

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	wirev1 "github.com/opcontrol/opcontrol/proto/opcontrol/wire/v1"
 )
 
@@ -189,7 +190,7 @@ func FuzzDecodeApply(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, program []byte) {
 		const maxEntries = 3
-		s := controlstore.New(controlstore.Agent{OrgID: "o", TeamID: "t", AgentID: fuzzAgent}, controlstore.WithMaxEntries(maxEntries))
+		s := testutil.NewStore(t, controlstore.Agent{OrgID: "o", TeamID: "t", AgentID: fuzzAgent}, controlstore.WithMaxEntries(maxEntries))
 		ref := newRef(fuzzAgent, maxEntries)
 		unmarshal := proto.UnmarshalOptions{DiscardUnknown: true}
 

@@ -21,6 +21,7 @@ import (
 	"github.com/opcontrol/opcontrol/controlstore"
 	"github.com/opcontrol/opcontrol/interceptor"
 	"github.com/opcontrol/opcontrol/internal/faultproxy"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/internal/toolserver"
 	wirev1 "github.com/opcontrol/opcontrol/proto/opcontrol/wire/v1"
 	"github.com/opcontrol/opcontrol/stream"
@@ -145,7 +146,7 @@ func newCluster(t testing.TB, o options) *cluster {
 	}
 	c.closers = append(c.closers, func() { _ = c.proxy.Close() })
 
-	c.store = controlstore.New(c.agent, o.store...)
+	c.store = testutil.NewStore(t, c.agent, o.store...)
 	dial := o.dial
 	if dial == nil {
 		dial = stream.DialOptions()

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/stream"
 	"github.com/opcontrol/opcontrol/stream/gatewaytest"
 )
@@ -101,7 +102,7 @@ func TestHerdReconnect(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = cc.Close() })
-		sub := stream.NewSubscriber(cc, controlstore.New(testAgent(fmt.Sprintf("Herd%03d", i))), stream.WithLogger(logger()))
+		sub := stream.NewSubscriber(cc, testutil.NewStore(t, testAgent(fmt.Sprintf("Herd%03d", i))), stream.WithLogger(logger()))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/stream"
 	"github.com/opcontrol/opcontrol/stream/gatewaytest"
 )
@@ -99,7 +99,7 @@ func TestRejectStorm(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = cc.Close() })
-		r.sub = stream.NewSubscriber(cc, controlstore.New(agent), stream.WithCredentialToken(token), stream.WithLogger(logger()))
+		r.sub = stream.NewSubscriber(cc, testutil.NewStore(t, agent), stream.WithCredentialToken(token), stream.WithLogger(logger()))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

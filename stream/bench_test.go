@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/stream"
 	"github.com/opcontrol/opcontrol/stream/gatewaytest"
 )
@@ -15,7 +16,7 @@ import (
 // the ring in flight so that nothing is skipped.
 func BenchmarkSignalThroughput(b *testing.B) {
 	gw := startGateway(b)
-	store := controlstore.New(agent, controlstore.WithMaxEntries(1<<16))
+	store := testutil.NewStore(b, agent, controlstore.WithMaxEntries(1<<16))
 	sub := stream.NewSubscriber(dial(b, gw.Addr()), store, stream.WithCredentialToken(token), stream.WithLogger(nil))
 	start(b, sub)
 	waitReady(b, sub)

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/stream"
 )
 
@@ -54,36 +55,36 @@ func TestRejectionsAreClassified(t *testing.T) {
 		state stream.State
 	}{
 		{"no token", func(t *testing.T) (string, []stream.Option, *controlstore.Store) {
-			return startGateway(t).Addr(), nil, controlstore.New(agent)
+			return startGateway(t).Addr(), nil, testutil.NewStore(t, agent)
 		}, codes.Unauthenticated, stream.Unauthorized},
 		{"unknown token", func(t *testing.T) (string, []stream.Option, *controlstore.Store) {
-			return startGateway(t).Addr(), []stream.Option{stream.WithCredentialToken("not-registered")}, controlstore.New(agent)
+			return startGateway(t).Addr(), []stream.Option{stream.WithCredentialToken("not-registered")}, testutil.NewStore(t, agent)
 		}, codes.Unauthenticated, stream.Unauthorized},
 		{"another agent's triple", func(t *testing.T) (string, []stream.Option, *controlstore.Store) {
-			return startGateway(t).Addr(), []stream.Option{stream.WithCredentialToken(token)}, controlstore.New(other)
+			return startGateway(t).Addr(), []stream.Option{stream.WithCredentialToken(token)}, testutil.NewStore(t, other)
 		}, codes.PermissionDenied, stream.Unauthorized},
 		{"empty org differs", func(t *testing.T) (string, []stream.Option, *controlstore.Store) {
 			a := agent
 			a.OrgID = ""
-			return startGateway(t).Addr(), []stream.Option{stream.WithCredentialToken(token)}, controlstore.New(a)
+			return startGateway(t).Addr(), []stream.Option{stream.WithCredentialToken(token)}, testutil.NewStore(t, a)
 		}, codes.PermissionDenied, stream.Unauthorized},
 		{"invalid argument", func(t *testing.T) (string, []stream.Option, *controlstore.Store) {
 			gw := startGateway(t)
 			gw.RejectNext(1<<30, codes.InvalidArgument)
-			return gw.Addr(), []stream.Option{stream.WithCredentialToken(token)}, controlstore.New(agent)
+			return gw.Addr(), []stream.Option{stream.WithCredentialToken(token)}, testutil.NewStore(t, agent)
 		}, codes.InvalidArgument, stream.Misconfigured},
 		{"no op-control service", func(t *testing.T) (string, []stream.Option, *controlstore.Store) {
-			return unimplementedServer(t), []stream.Option{stream.WithCredentialToken(token)}, controlstore.New(agent)
+			return unimplementedServer(t), []stream.Option{stream.WithCredentialToken(token)}, testutil.NewStore(t, agent)
 		}, codes.Unimplemented, stream.Misconfigured},
 		{"no publisher", func(t *testing.T) (string, []stream.Option, *controlstore.Store) {
 			gw := startGateway(t)
 			gw.SetPublisherAttached(false)
-			return gw.Addr(), []stream.Option{stream.WithCredentialToken(token)}, controlstore.New(agent)
+			return gw.Addr(), []stream.Option{stream.WithCredentialToken(token)}, testutil.NewStore(t, agent)
 		}, codes.Unavailable, stream.Backoff},
 		{"resource exhausted", func(t *testing.T) (string, []stream.Option, *controlstore.Store) {
 			gw := startGateway(t)
 			gw.RejectNext(1<<30, codes.ResourceExhausted)
-			return gw.Addr(), []stream.Option{stream.WithCredentialToken(token)}, controlstore.New(agent)
+			return gw.Addr(), []stream.Option{stream.WithCredentialToken(token)}, testutil.NewStore(t, agent)
 		}, codes.ResourceExhausted, stream.Backoff},
 	}
 	for _, tc := range cases {
@@ -108,7 +109,7 @@ func TestRejectionsAreClassified(t *testing.T) {
 		t.Run(tc.name+"/from the call", func(t *testing.T) {
 			t.Parallel()
 			rc := &rejecting{code: tc.code}
-			sub := stream.NewSubscriber(rc, controlstore.New(agent), stream.WithLogger(nil))
+			sub := stream.NewSubscriber(rc, testutil.NewStore(t, agent), stream.WithLogger(nil))
 			start(t, sub)
 			checkClassified(t, sub, tc.code, tc.state)
 		})

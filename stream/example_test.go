@@ -30,7 +30,10 @@ func Example() {
 	}
 	defer cc.Close()
 
-	store := controlstore.New(agent)
+	store, err := controlstore.New(agent)
+	if err != nil {
+		panic(err)
+	}
 	sub := stream.NewSubscriber(cc, store, stream.WithCredentialToken("agent-token"), stream.WithLogger(nil))
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -64,7 +67,10 @@ func ExampleDialOptions() {
 		panic(err)
 	}
 	defer cc.Close()
-	store := controlstore.New(controlstore.Agent{AgentID: "did:key:z6MkExample"})
+	store, err := controlstore.New(controlstore.Agent{AgentID: "did:key:z6MkExample"})
+	if err != nil {
+		panic(err)
+	}
 	_ = stream.NewSubscriber(cc, store,
 		stream.WithCredentialToken("agent-token"),
 		stream.WithFailClosedAfter(30*time.Second), // fail closed after 30 s blind

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	wirev1 "github.com/opcontrol/opcontrol/proto/opcontrol/wire/v1"
 	"github.com/opcontrol/opcontrol/stream/internal/wirecodec"
 )
@@ -22,7 +23,7 @@ func BenchmarkHandle(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer cc.Close()
-	store := controlstore.New(controlstore.Agent{AgentID: "a"})
+	store := testutil.NewStore(b, controlstore.Agent{AgentID: "a"})
 	s := NewSubscriber(cc, store, WithLogger(nil))
 	var frames [2]mem.BufferSlice
 	for i, sig := range []wirev1.OpControlSignal{wirev1.OpControlSignal_OP_CONTROL_SIGNAL_PAUSE, wirev1.OpControlSignal_OP_CONTROL_SIGNAL_RESUME} {

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	wirev1 "github.com/opcontrol/opcontrol/proto/opcontrol/wire/v1"
 	"github.com/opcontrol/opcontrol/stream"
 	"github.com/opcontrol/opcontrol/stream/gatewaytest"
@@ -18,7 +19,7 @@ import (
 
 func TestMalformedInputKeepsStreamUp(t *testing.T) {
 	gw := startGateway(t)
-	store := controlstore.New(agent)
+	store := testutil.NewStore(t, agent)
 	reader := sdkmetric.NewManualReader()
 	logs, logOpt := newLogs()
 	sub := stream.NewSubscriber(dial(t, gw.Addr()), store, stream.WithCredentialToken(token), logOpt,
@@ -83,7 +84,7 @@ func TestThousandSignalsRightAfterReadyNoneMissed(t *testing.T) {
 	// envelopes is the gateway's documented behaviour, not what this
 	// tests. What it tests is the barrier: Ready means subscribed.
 	gw := startGateway(t, gatewaytest.WithRingCapacity(1024))
-	store := controlstore.New(agent)
+	store := testutil.NewStore(t, agent)
 	sub := stream.NewSubscriber(dial(t, gw.Addr()), store, stream.WithCredentialToken(token), stream.WithLogger(nil))
 	start(t, sub)
 	<-sub.Ready()
@@ -106,7 +107,7 @@ func TestThousandSignalsRightAfterReadyNoneMissed(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	gw := startGateway(t)
 	reader := sdkmetric.NewManualReader()
-	sub := stream.NewSubscriber(dial(t, gw.Addr()), controlstore.New(agent), stream.WithCredentialToken(token), stream.WithLogger(nil),
+	sub := stream.NewSubscriber(dial(t, gw.Addr()), testutil.NewStore(t, agent), stream.WithCredentialToken(token), stream.WithLogger(nil),
 		stream.WithBackOff(fastBackOff), stream.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))))
 	r := start(t, sub)
 	waitReady(t, sub)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/stream"
 	"github.com/opcontrol/opcontrol/stream/gatewaytest"
 )
@@ -22,7 +23,7 @@ func TestFailOpenByDefault(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			gw := startGateway(t)
-			store := controlstore.New(agent)
+			store := testutil.NewStore(t, agent)
 			sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
 				append(tc.opts, stream.WithCredentialToken(token), stream.WithBackOff(fastBackOff), stream.WithLogger(nil))...)
 			start(t, sub)
@@ -48,7 +49,7 @@ func TestFailOpenByDefault(t *testing.T) {
 func TestFailClosedAfter(t *testing.T) {
 	gw := startGateway(t)
 	gw.Stop() // down from the start: counting starts with Run
-	store := controlstore.New(agent)
+	store := testutil.NewStore(t, agent)
 	const after = 100 * time.Millisecond
 	sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
 		stream.WithCredentialToken(token), stream.WithBackOff(fastBackOff), stream.WithFailClosedAfter(after), stream.WithLogger(nil))
@@ -73,7 +74,7 @@ func TestFailClosedAfter(t *testing.T) {
 func TestFailClosedAfterZero(t *testing.T) {
 	gw := startGateway(t)
 	gw.Stop()
-	store := controlstore.New(agent)
+	store := testutil.NewStore(t, agent)
 	sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
 		stream.WithCredentialToken(token), stream.WithBackOff(fastBackOff), stream.WithFailClosedAfter(0), stream.WithLogger(nil))
 	start(t, sub)
@@ -99,7 +100,7 @@ func TestRunReturnsPromptly(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			gw := startGateway(t)
-			store := controlstore.New(agent)
+			store := testutil.NewStore(t, agent)
 			sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
 				append(tc.setup(gw), stream.WithCredentialToken(token), stream.WithLogger(nil))...)
 			r := start(t, sub)
@@ -116,7 +117,7 @@ func TestRunReturnsPromptly(t *testing.T) {
 
 func TestRunAgainAfterReturn(t *testing.T) {
 	gw := startGateway(t)
-	sub := stream.NewSubscriber(dial(t, gw.Addr()), controlstore.New(agent), stream.WithCredentialToken(token), stream.WithLogger(nil))
+	sub := stream.NewSubscriber(dial(t, gw.Addr()), testutil.NewStore(t, agent), stream.WithCredentialToken(token), stream.WithLogger(nil))
 	r := start(t, sub)
 	waitReady(t, sub)
 	r.stop(t)

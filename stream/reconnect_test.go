@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/stream"
 )
 
@@ -22,7 +23,7 @@ func TestReconnectAfterDrop(t *testing.T) {
 	for _, code := range []codes.Code{codes.Unavailable, codes.Internal, codes.OK} {
 		t.Run(code.String(), func(t *testing.T) {
 			gw := startGateway(t)
-			store := controlstore.New(agent)
+			store := testutil.NewStore(t, agent)
 			sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
 				stream.WithCredentialToken(token), stream.WithBackOff(fastBackOff), stream.WithLogger(nil))
 			start(t, sub)
@@ -49,7 +50,7 @@ func TestReconnectAfterDrop(t *testing.T) {
 
 func TestReconnectAfterRestart(t *testing.T) {
 	gw := startGateway(t)
-	store := controlstore.New(agent)
+	store := testutil.NewStore(t, agent)
 	logs, logOpt := newLogs()
 	sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
 		stream.WithCredentialToken(token), stream.WithBackOff(fastBackOff), logOpt)
@@ -128,7 +129,7 @@ func TestReconnectWithinBoundAfterLongOutage(t *testing.T) {
 	if os.Getenv("OPCONTROL_HIDE_RESET") != "" {
 		cc = hideReset{cc}
 	}
-	store := controlstore.New(agent)
+	store := testutil.NewStore(t, agent)
 	sub := stream.NewSubscriber(cc, store, stream.WithCredentialToken(token), stream.WithLogger(nil))
 	start(t, sub)
 	waitReady(t, sub)
@@ -178,7 +179,7 @@ func TestCleanEndDoesNotHotLoop(t *testing.T) {
 	t.Run("default backoff", func(t *testing.T) {
 		gw := startGateway(t)
 		gw.DropNext(math.MaxInt, codes.OK)
-		sub := stream.NewSubscriber(dial(t, gw.Addr()), controlstore.New(agent), stream.WithCredentialToken(token), stream.WithLogger(nil))
+		sub := stream.NewSubscriber(dial(t, gw.Addr()), testutil.NewStore(t, agent), stream.WithCredentialToken(token), stream.WithLogger(nil))
 		r := start(t, sub)
 		waitReady(t, sub) // live, then ended cleanly, over and over
 		window := 2 * time.Second
@@ -200,7 +201,7 @@ func TestCleanEndDoesNotHotLoop(t *testing.T) {
 		gw := startGateway(t)
 		gw.DropNext(math.MaxInt, codes.OK)
 		var waits atomic.Int64
-		sub := stream.NewSubscriber(dial(t, gw.Addr()), controlstore.New(agent), stream.WithCredentialToken(token), stream.WithLogger(nil),
+		sub := stream.NewSubscriber(dial(t, gw.Addr()), testutil.NewStore(t, agent), stream.WithCredentialToken(token), stream.WithLogger(nil),
 			stream.WithBackOff(func() backoff.BackOff {
 				return countingBackOff{backoff.NewConstantBackOff(20 * time.Millisecond), &waits}
 			}))
@@ -236,7 +237,7 @@ func TestStableStreamResetsBackOff(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			gw := startGateway(t)
 			var resets atomic.Int64
-			sub := stream.NewSubscriber(dial(t, gw.Addr()), controlstore.New(agent), stream.WithCredentialToken(token), stream.WithLogger(nil),
+			sub := stream.NewSubscriber(dial(t, gw.Addr()), testutil.NewStore(t, agent), stream.WithCredentialToken(token), stream.WithLogger(nil),
 				stream.WithBackOff(func() backoff.BackOff {
 					return resetCounter{backoff.NewConstantBackOff(10 * time.Millisecond), &resets}
 				}),

@@ -17,15 +17,13 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/contract"
 	wirev1 "github.com/opcontrol/opcontrol/proto/opcontrol/wire/v1"
 	"github.com/opcontrol/opcontrol/stream/internal/wirecodec"
 )
 
 // FullMethod is the gateway method the subscriber calls.
-const FullMethod = "/assembly.policy.v1.PolicyService/OpControlStream"
-
-// credentialTokenKey is the metadata key of WithCredentialToken.
-const credentialTokenKey = "x-aa-credential-token"
+const FullMethod = contract.OpControlStreamMethod
 
 // ErrRunning is returned by Run when the subscriber is already running.
 var ErrRunning = errors.New("stream: Run called while the subscriber is already running")
@@ -220,7 +218,7 @@ func (s *Subscriber) attempt(ctx context.Context, window time.Duration) outcome 
 	actx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	if s.opts.token != "" {
-		actx = metadata.AppendToOutgoingContext(actx, credentialTokenKey, s.opts.token)
+		actx = metadata.AppendToOutgoingContext(actx, contract.CredentialTokenKey, s.opts.token)
 	}
 	timer := time.AfterFunc(window, func() { cancel(errWindow) })
 
@@ -228,7 +226,7 @@ func (s *Subscriber) attempt(ctx context.Context, window time.Duration) outcome 
 	// (Header returns nil, RecvMsg the status); a ClientConnInterface
 	// wrapped by interceptors may return them from NewStream. Both end
 	// here as err and are classified alike.
-	cs, err := s.cc.NewStream(actx, &grpc.StreamDesc{StreamName: "OpControlStream", ServerStreams: true}, FullMethod, s.callOpts...)
+	cs, err := s.cc.NewStream(actx, &grpc.StreamDesc{StreamName: contract.OpControlStreamName, ServerStreams: true}, FullMethod, s.callOpts...)
 	var md metadata.MD
 	pending := false
 	if err == nil {

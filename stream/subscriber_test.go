@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
-	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/stream"
 	"github.com/opcontrol/opcontrol/stream/gatewaytest"
 )
@@ -16,7 +16,7 @@ import (
 func TestSubscribeSendsTripleAndToken(t *testing.T) {
 	events := make(chan gatewaytest.SubscribeEvent, 4)
 	gw := startGateway(t, gatewaytest.WithSubscribeObserver(func(ev gatewaytest.SubscribeEvent) { events <- ev }))
-	store := controlstore.New(agent)
+	store := testutil.NewStore(t, agent)
 	sub := stream.NewSubscriber(dial(t, gw.Addr()), store, stream.WithCredentialToken(" "+token+" "), stream.WithLogger(nil))
 	start(t, sub)
 	waitReady(t, sub)
@@ -40,7 +40,7 @@ func (bearer) RequireTransportSecurity() bool { return false }
 
 func TestBearerTokenThroughCallOptions(t *testing.T) {
 	gw := startGateway(t)
-	sub := stream.NewSubscriber(dial(t, gw.Addr()), controlstore.New(agent),
+	sub := stream.NewSubscriber(dial(t, gw.Addr()), testutil.NewStore(t, agent),
 		stream.WithCallOptions(grpc.PerRPCCredentials(bearer(token))), stream.WithLogger(nil))
 	start(t, sub)
 	waitReady(t, sub)
@@ -48,7 +48,7 @@ func TestBearerTokenThroughCallOptions(t *testing.T) {
 
 func TestRunTwiceIsRefused(t *testing.T) {
 	gw := startGateway(t)
-	sub := stream.NewSubscriber(dial(t, gw.Addr()), controlstore.New(agent), stream.WithCredentialToken(token), stream.WithLogger(nil))
+	sub := stream.NewSubscriber(dial(t, gw.Addr()), testutil.NewStore(t, agent), stream.WithCredentialToken(token), stream.WithLogger(nil))
 	start(t, sub)
 	waitReady(t, sub)
 	if err := sub.Run(context.Background()); !errors.Is(err, stream.ErrRunning) {
@@ -60,7 +60,7 @@ func TestRunTwiceIsRefused(t *testing.T) {
 }
 
 func TestConstructorsPanicOnMisuse(t *testing.T) {
-	store := controlstore.New(agent)
+	store := testutil.NewStore(t, agent)
 	cc := dial(t, "127.0.0.1:1")
 	for name, f := range map[string]func(){
 		"nil cc":              func() { stream.NewSubscriber(nil, store) },

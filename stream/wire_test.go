@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/stream"
 )
 
@@ -57,7 +58,7 @@ func TestWireContract(t *testing.T) {
 	t.Cleanup(func() { srv.Stop(); <-done })
 
 	a := controlstore.Agent{OrgID: "org", TeamID: "team", AgentID: "a"}
-	sub := stream.NewSubscriber(dial(t, lis.Addr().String()), controlstore.New(a), stream.WithCredentialToken(token), stream.WithLogger(nil))
+	sub := stream.NewSubscriber(dial(t, lis.Addr().String()), testutil.NewStore(t, a), stream.WithCredentialToken(token), stream.WithLogger(nil))
 	start(t, sub)
 	c := <-calls
 	if c.method != "/assembly.policy.v1.PolicyService/OpControlStream" {

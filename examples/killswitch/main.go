@@ -123,12 +123,14 @@ func startAgent(ctx context.Context, cfg config, tl *timeline, n int, id control
 
 	// 1. The agent's local record of op control: which of its ops the
 	// operator paused or terminated.
-	a.store = controlstore.New(id)
+	var err error
+	if a.store, err = controlstore.New(id); err != nil {
+		return nil, err
+	}
 
 	// 2. The subscriber keeps the store in step with the gateway's
 	// op-control stream, presenting the credential token the gateway's
 	// agent registry issued, and reconnects for ever.
-	var err error
 	a.gwConn, err = grpc.NewClient(gatewayAddr, append(stream.DialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {

@@ -34,7 +34,7 @@ func Example() {
 	// README:begin
 	// The store records what the operator decided; the subscriber keeps it
 	// in step with the gateway, reconnecting for ever.
-	store := controlstore.New(agent)
+	store, _ := controlstore.New(agent)
 	gwConn, _ := grpc.NewClient(gatewayAddr, append(stream.DialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	sub := stream.NewSubscriber(gwConn, store, stream.WithCredentialToken(token))

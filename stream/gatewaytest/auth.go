@@ -4,14 +4,16 @@ import (
 	"strings"
 
 	"google.golang.org/grpc/metadata"
+
+	"github.com/opcontrol/opcontrol/internal/contract"
 )
 
 // Metadata keys the gateway reads a credential from, in this order.
 const (
 	// CredentialTokenKey carries the token as it is.
-	CredentialTokenKey = "x-aa-credential-token"
+	CredentialTokenKey = contract.CredentialTokenKey
 	// AuthorizationKey carries "Bearer <token>" (or "bearer <token>").
-	AuthorizationKey = "authorization"
+	AuthorizationKey = contract.AuthorizationKey
 )
 
 // credentialToken resolves the caller's token like the real gateway's

@@ -28,7 +28,10 @@ func Example() {
 		panic(err)
 	}
 	defer cc.Close()
-	store := controlstore.New(agent)
+	store, err := controlstore.New(agent)
+	if err != nil {
+		panic(err)
+	}
 	sub := stream.NewSubscriber(cc, store, stream.WithCredentialToken("agent-token"), stream.WithLogger(nil))
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -20,16 +20,17 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/contract"
 	wirev1 "github.com/opcontrol/opcontrol/proto/opcontrol/wire/v1"
 	"github.com/opcontrol/opcontrol/stream/internal/wirecodec"
 )
 
 // Names of the service and method the gateway serves.
 const (
-	ServiceName = "assembly.policy.v1.PolicyService"
-	MethodName  = "OpControlStream"
+	ServiceName = contract.ServiceName
+	MethodName  = contract.OpControlStreamName
 	// FullMethod is the path a client calls.
-	FullMethod = "/" + ServiceName + "/" + MethodName
+	FullMethod = contract.OpControlStreamMethod
 )
 
 // Route says which subscriptions an envelope reaches.
