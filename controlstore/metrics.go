@@ -3,10 +3,10 @@ package controlstore
 import (
 	"context"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/opcontrol/opcontrol/internal/telemetry"
 )
 
 // meterName is the instrumentation scope of the store's metrics.
@@ -27,32 +27,21 @@ type metrics struct {
 }
 
 func newMetrics(mp metric.MeterProvider) metrics {
-	if mp == nil {
-		mp = otel.GetMeterProvider()
-	}
-	meter := mp.Meter(meterName)
-	fallback := noop.Meter{}
-	var m metrics
-	var err error
-	if m.entries, err = meter.Int64UpDownCounter("opcontrol.store.entries",
-		metric.WithDescription("Per-op entries held by the op-control store."),
-		metric.WithUnit("{entry}")); err != nil {
-		m.entries, _ = fallback.Int64UpDownCounter("")
-	}
-	if m.evictions, err = meter.Int64Counter("opcontrol.store.evictions",
-		metric.WithDescription("Entries evicted to stay within the entry cap, by the evicted entry's state."),
-		metric.WithUnit("{entry}")); err != nil {
-		m.evictions, _ = fallback.Int64Counter("")
-	}
-	if m.applied, err = meter.Int64Counter("opcontrol.store.signals.applied",
-		metric.WithDescription("Signals applied to the op-control store, by signal."),
-		metric.WithUnit("{signal}")); err != nil {
-		m.applied, _ = fallback.Int64Counter("")
-	}
-	if m.rejected, err = meter.Int64Counter("opcontrol.store.signals.rejected",
-		metric.WithDescription("Signals the op-control store refused, by reason."),
-		metric.WithUnit("{signal}")); err != nil {
-		m.rejected, _ = fallback.Int64Counter("")
+	meter := telemetry.NewMeter(mp, meterName)
+	defer func() { _ = meter.Done() }()
+	m := metrics{
+		entries: meter.Int64UpDownCounter("opcontrol.store.entries",
+			metric.WithDescription("Per-op entries held by the op-control store."),
+			metric.WithUnit("{entry}")),
+		evictions: meter.Int64Counter("opcontrol.store.evictions",
+			metric.WithDescription("Entries evicted to stay within the entry cap, by the evicted entry's state."),
+			metric.WithUnit("{entry}")),
+		applied: meter.Int64Counter("opcontrol.store.signals.applied",
+			metric.WithDescription("Signals applied to the op-control store, by signal."),
+			metric.WithUnit("{signal}")),
+		rejected: meter.Int64Counter("opcontrol.store.signals.rejected",
+			metric.WithDescription("Signals the op-control store refused, by reason."),
+			metric.WithUnit("{signal}")),
 	}
 	for _, sig := range []Signal{SignalPause, SignalResume, SignalTerminate} {
 		m.bySignal[sig] = metric.WithAttributeSet(attribute.NewSet(attribute.String("signal", sig.String())))
