@@ -1,0 +1,5 @@
+//go:build race
+
+package percpu_test
+
+const raceEnabled = true
