@@ -2,30 +2,60 @@ package controlstore
 
 import (
 	"context"
-	"math/rand/v2"
 	"sync"
+	"sync/atomic"
+
+	"github.com/opcontrol/opcontrol/internal/percpu"
 )
 
-// callShards spreads in-flight registrations so that concurrent calls rarely
-// share a lock. A call of an op lives in the shard of its op's hash, so a
-// per-op terminate visits one shard; a call with no op can only be reached
-// by agent and global terminates, which visit every shard, so it goes to any.
-const callShards = 32
+// In-flight registry.
+//
+// Every gated call with in-flight cancellation registers here for its
+// lifetime, so registering is on the hot path of every call and
+// terminating is rare. The registry is therefore split by processor, not by
+// op: a call registers in the shard of the P it runs on (percpu.Index), so
+// concurrent calls, of one op or of many, take different locks and write
+// different cache lines, and a call allocates nothing (its registration is
+// a reused slot). A terminate does the walking: it visits every shard and
+// cancels the calls it covers, skipping empty shards without locking.
+//
+// Invariants:
+//   - A slot is in use iff its cancel is non-nil; in-use slots of a shard
+//     number live. Both change only under the shard's mu.
+//   - A slot's gen changes whenever it is freed, so a Call naming an older
+//     gen is stale and Release on it does nothing.
+//   - No user code (a cancel function) ever runs with a shard's lock held:
+//     a terminate collects the cancel functions under the lock and calls
+//     them after releasing it.
+
+// callShards is the number of registry shards.
+const callShards = percpu.Stripes
 
 type callShard struct {
-	mu   sync.Mutex
-	head *Call // intrusive list: registering costs no map insert
-	_    [40]byte
+	mu    sync.Mutex
+	live  atomic.Int32 // slots in use; read without mu to skip empty shards
+	slots []callSlot
+	free  []int32 // indices of free slots, used last-in first-out
+	// withCtx counts in-use slots that end by themselves when their
+	// context is done; only then is there anything to reclaim.
+	withCtx int
+	_       [64]byte // keep neighbouring shards off this cache line
 }
 
-// Call is an in-flight call registered with Track. Release it when the call
-// ends.
+type callSlot struct {
+	key    opKey
+	cancel context.CancelCauseFunc // nil: free
+	ctx    context.Context         // nil, or the context whose end ends the registration
+	gen    uint32
+}
+
+// Call is the registration of an in-flight call, returned by Track and
+// TrackContext. Release it when the call ends. A Call is a small value: copy
+// it freely; the zero Call is valid and registers nothing.
 type Call struct {
-	shard      *callShard
-	key        opKey
-	cancel     context.CancelCauseFunc
-	prev, next *Call
-	linked     bool
+	shard *callShard
+	slot  int32
+	gen   uint32
 }
 
 // Track registers an in-flight call of op so that a TERMINATE of op, of this
@@ -33,88 +63,182 @@ type Call struct {
 // *TerminatedError as cause (read it back with context.Cause). If a scope of
 // op is already terminated, cancel is called before Track returns, so there
 // is no window between a passing check and the registration. Call Release
-// on the result when the call ends; cancel must be safe to call more than
-// once (context.CancelCauseFunc is).
-func (s *Store) Track(op Op, cancel context.CancelCauseFunc) *Call {
-	var sh *callShard
-	if op.IsZero() {
-		sh = &s.calls[rand.Uint32()%callShards]
-	} else {
-		sh = &s.calls[op.key.hash(&s.seed)%callShards]
+// on the result when the call ends.
+//
+// cancel must be safe to call more than once and concurrently with the call
+// ending (context.CancelCauseFunc is): a terminate that started before
+// Release returned may still call it once after. No lock of the store is
+// held while cancel runs. If cancel panics, the terminate still reaches
+// every other call, and the panic is raised again from Apply (or from
+// Track, which then releases the registration) once they all have been
+// cancelled.
+//
+// Track allocates nothing and takes no lock shared with calls running on
+// other processors. It panics if cancel is nil: a call that asked to be
+// cancelled must not silently run on.
+func (s *Store) Track(op Op, cancel context.CancelCauseFunc) Call {
+	return s.track(nil, op, cancel)
+}
+
+// TrackContext is Track for a call that runs under ctx (usually the
+// context that cancel cancels): the registration also ends once ctx is
+// done, even if Release is never called, as for a stream its application
+// abandoned by cancelling its context. Such registrations are reclaimed
+// lazily, when their shard needs room, by InFlight and by terminates, so
+// memory stays bounded by the peak number of calls in flight.
+func (s *Store) TrackContext(ctx context.Context, op Op, cancel context.CancelCauseFunc) Call {
+	return s.track(ctx, op, cancel)
+}
+
+func (s *Store) track(ctx context.Context, op Op, cancel context.CancelCauseFunc) Call {
+	if cancel == nil {
+		panic("controlstore: Track needs a non-nil cancel function")
 	}
-	c := &Call{shard: sh, key: op.key, cancel: cancel}
+	sh := &s.calls[percpu.Index()]
 	sh.mu.Lock()
-	c.next = sh.head
-	if c.next != nil {
-		c.next.prev = c
+	i := sh.alloc()
+	sl := &sh.slots[i]
+	sl.key, sl.cancel, sl.ctx = op.key, cancel, ctx
+	if ctx != nil {
+		sh.withCtx++
 	}
-	sh.head = c
-	c.linked = true
+	sh.live.Add(1)
+	c := Call{shard: sh, slot: i, gen: sl.gen}
 	sh.mu.Unlock()
 
-	// Apply sets state before it cancels calls, and we registered before we
-	// read state: either Apply sees this call or we see its terminate.
+	// Apply sets state before it walks the shards, and we filled the slot
+	// (and live) before we read state: either Apply sees this call or we
+	// see its terminate.
 	if te, ok := s.Check(op).(*TerminatedError); ok { //nolint:errorlint // Check returns the store's own errors, never wrapped
+		released := false
+		defer func() {
+			if !released {
+				c.Release() // cancel panicked: leave nothing registered
+			}
+		}()
 		cancel(te)
+		released = true
 	}
 	return c
 }
 
-// Release unregisters the call. It is safe to call more than once.
-func (c *Call) Release() {
-	sh := c.shard
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if !c.linked {
-		return
+// alloc returns a free slot, reclaiming the slots of ended contexts or
+// growing the shard when there is none. Under mu.
+func (sh *callShard) alloc() int32 {
+	if len(sh.free) == 0 && sh.withCtx > 0 {
+		sh.reclaim()
 	}
-	c.linked = false
-	if c.prev != nil {
-		c.prev.next = c.next
-	} else {
-		sh.head = c.next
+	if len(sh.free) == 0 {
+		// Double, so that reclaiming (a scan of the shard) is amortised
+		// over as many registrations as the shard holds.
+		n := len(sh.slots)
+		grow := max(n, 8)
+		sh.slots = append(sh.slots, make([]callSlot, grow)...)
+		for i := n + grow - 1; i >= n; i-- {
+			sh.free = append(sh.free, int32(i))
+		}
 	}
-	if c.next != nil {
-		c.next.prev = c.prev
-	}
-	c.prev, c.next = nil, nil
+	i := sh.free[len(sh.free)-1]
+	sh.free = sh.free[:len(sh.free)-1]
+	return i
 }
 
-// InFlight returns the number of calls currently registered with Track.
+// reclaim frees the slots whose context is done. Under mu. ctx.Err takes
+// only the context's own lock, and no context code takes a shard's lock, so
+// this cannot deadlock.
+func (sh *callShard) reclaim() {
+	for i := range sh.slots {
+		if sl := &sh.slots[i]; sl.cancel != nil && sl.ctx != nil && sl.ctx.Err() != nil {
+			sh.release(int32(i))
+		}
+	}
+}
+
+// release frees slot i. Under mu.
+func (sh *callShard) release(i int32) {
+	sl := &sh.slots[i]
+	if sl.ctx != nil {
+		sh.withCtx--
+	}
+	*sl = callSlot{gen: sl.gen + 1}
+	sh.free = append(sh.free, i)
+	sh.live.Add(-1)
+}
+
+// Release ends the registration. It is safe to call more than once, and
+// on a Call whose registration already ended with its context.
+func (c Call) Release() {
+	sh := c.shard
+	if sh == nil {
+		return
+	}
+	sh.mu.Lock()
+	if sh.slots[c.slot].gen == c.gen {
+		sh.release(c.slot)
+	}
+	sh.mu.Unlock()
+}
+
+// InFlight returns the number of calls currently registered (with Track or
+// TrackContext, and not yet ended).
 func (s *Store) InFlight() int {
 	n := 0
 	for i := range s.calls {
 		sh := &s.calls[i]
-		sh.mu.Lock()
-		for c := sh.head; c != nil; c = c.next {
-			n++
+		if sh.live.Load() == 0 {
+			continue
 		}
+		sh.mu.Lock()
+		if sh.withCtx > 0 {
+			sh.reclaim()
+		}
+		n += int(sh.live.Load())
 		sh.mu.Unlock()
 	}
 	return n
 }
 
 // cancelCalls cancels the calls covered by terminated entry e: every call
-// for a reserved scope, the calls of e's op otherwise.
+// for a reserved scope, the calls of e's op otherwise. It runs in Apply,
+// after the terminate is visible to Check, with no store lock held.
 func (s *Store) cancelCalls(e *entry) {
 	cause := &e.termErr
-	if cause.Scope != ScopeOp {
-		for i := range s.calls {
-			sh := &s.calls[i]
-			sh.mu.Lock()
-			for c := sh.head; c != nil; c = c.next {
-				c.cancel(cause)
+	every := cause.Scope != ScopeOp
+	var cancels []context.CancelCauseFunc
+	for i := range s.calls {
+		sh := &s.calls[i]
+		if sh.live.Load() == 0 {
+			continue
+		}
+		sh.mu.Lock()
+		for j := range sh.slots {
+			if sl := &sh.slots[j]; sl.cancel != nil && (every || sl.key == e.key) {
+				cancels = append(cancels, sl.cancel)
 			}
-			sh.mu.Unlock()
 		}
-		return
+		sh.mu.Unlock()
 	}
-	sh := &s.calls[e.hash%callShards]
-	sh.mu.Lock()
-	for c := sh.head; c != nil; c = c.next {
-		if c.key == e.key {
-			c.cancel(cause)
-		}
+	cancelAll(cancels, cause)
+}
+
+// cancelAll calls every cancel function with cause, even if some panic;
+// the first panic is raised again once all have run.
+func cancelAll(cancels []context.CancelCauseFunc, cause error) {
+	var (
+		panicked bool
+		value    any
+	)
+	for _, cancel := range cancels {
+		func() {
+			defer func() {
+				if r := recover(); r != nil && !panicked {
+					panicked, value = true, r
+				}
+			}()
+			cancel(cause)
+		}()
 	}
-	sh.mu.Unlock()
+	if panicked {
+		panic(value)
+	}
 }

@@ -108,7 +108,7 @@ type cluster struct {
 	subscribes []gatewaytest.SubscribeEvent
 	streams    map[[2]time.Time]int
 	touched    map[string]bool
-	probes     []*controlstore.Call
+	probes     []controlstore.Call
 	markers    int
 	closers    []func()
 }
