@@ -6,18 +6,26 @@
 //
 //	Echo     unary             returns its input at once
 //	Work     unary             runs for the requested duration, or until cancelled
+//	Flaky    unary             fails every odd-numbered call with Unavailable, echoes the others
 //	Progress server-streaming  sends a tick every interval until cancelled or done
+//	Burst    server-streaming  sends n ticks at once, then waits until cancelled
+//	Chat     bidi-streaming    echoes every message until the client closes or cancels
 package toolserver
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -28,6 +36,9 @@ const (
 	EchoMethod     = "/" + ServiceName + "/Echo"
 	WorkMethod     = "/" + ServiceName + "/Work"
 	ProgressMethod = "/" + ServiceName + "/Progress"
+	FlakyMethod    = "/" + ServiceName + "/Flaky"
+	BurstMethod    = "/" + ServiceName + "/Burst"
+	ChatMethod     = "/" + ServiceName + "/Chat"
 )
 
 // Event is what the server saw of one call.
@@ -37,7 +48,8 @@ type Event struct {
 	// side: the context error when cancellation reached the server, or the
 	// error reading the request.
 	Err error
-	// Ticks is the number of messages a Progress stream sent.
+	// Ticks is the number of messages a Progress or Burst stream sent, or
+	// the number of messages a Chat stream echoed.
 	Ticks int
 }
 
@@ -50,6 +62,9 @@ type Server struct {
 	events  []Event
 	entered map[string]int
 	ended   []End
+	headers map[string][]metadata.MD
+	sent    map[string]int
+	flaky   int
 	notify  chan struct{} // closed and replaced on every record
 	wg      sync.WaitGroup
 }
@@ -69,7 +84,7 @@ func Start(opts ...grpc.ServerOption) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{ln: ln, entered: make(map[string]int), notify: make(chan struct{})}
+	s := &Server{ln: ln, entered: make(map[string]int), headers: make(map[string][]metadata.MD), sent: make(map[string]int), notify: make(chan struct{})}
 	s.srv = grpc.NewServer(append([]grpc.ServerOption{grpc.StatsHandler(observer{s})}, opts...)...)
 	s.srv.RegisterService(&grpc.ServiceDesc{
 		ServiceName: ServiceName,
@@ -77,9 +92,12 @@ func Start(opts ...grpc.ServerOption) (*Server, error) {
 		Methods: []grpc.MethodDesc{
 			{MethodName: "Echo", Handler: s.echo},
 			{MethodName: "Work", Handler: s.work},
+			{MethodName: "Flaky", Handler: s.flakyCall},
 		},
 		Streams: []grpc.StreamDesc{
 			{StreamName: "Progress", Handler: s.progress, ServerStreams: true},
+			{StreamName: "Burst", Handler: s.burst, ServerStreams: true},
+			{StreamName: "Chat", Handler: s.chat, ServerStreams: true, ClientStreams: true},
 		},
 	}, nil)
 	s.wg.Add(1)
@@ -115,12 +133,41 @@ func (s *Server) WaitEvents(ctx context.Context, n int) ([]Event, error) {
 	return s.Events(), nil
 }
 
+// Reset forgets everything the server has recorded (events, entered and
+// sent counts, request headers, ends), so that a long test can measure
+// its own memory without the server's records in it.
+func (s *Server) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.events, s.ended = nil, nil
+	clear(s.entered)
+	clear(s.sent)
+	clear(s.headers)
+	s.changedLocked()
+}
+
 // Entered returns how many calls of method have reached their handler (the
 // server received their request).
 func (s *Server) Entered(method string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.entered[method]
+}
+
+// Headers returns the request metadata of every call of method that has
+// reached the server, oldest first.
+func (s *Server) Headers(method string) []metadata.MD {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]metadata.MD(nil), s.headers[method]...)
+}
+
+// Sent returns how many messages the server has written to calls of
+// method (unary replies included).
+func (s *Server) Sent(method string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sent[method]
 }
 
 // Ended returns every call the server's gRPC layer has ended, oldest first.
@@ -131,7 +178,8 @@ func (s *Server) Ended() []End {
 }
 
 // Wait blocks until cond holds or ctx ends. cond is evaluated again after
-// every call that enters, ends or records an Event.
+// every call that enters, sends, ends or records an Event, and every
+// request header that arrives.
 func (s *Server) Wait(ctx context.Context, cond func() bool) error {
 	for {
 		s.mu.Lock()
@@ -170,8 +218,12 @@ func (o observer) HandleRPC(ctx context.Context, st stats.RPCStats) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch st := st.(type) {
+	case *stats.InHeader:
+		s.headers[method] = append(s.headers[method], st.Header.Copy())
 	case *stats.InPayload:
 		s.entered[method]++
+	case *stats.OutPayload:
+		s.sent[method]++
 	case *stats.End:
 		s.ended = append(s.ended, End{Method: method, Err: st.Error})
 	default:
@@ -258,6 +310,77 @@ func (s *Server) progress(_ any, ss grpc.ServerStream) error {
 	}
 }
 
+func (s *Server) flakyCall(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+	in := new(wrapperspb.StringValue)
+	if err := dec(in); err != nil {
+		s.record(Event{Method: FlakyMethod, Err: err})
+		return nil, err
+	}
+	handler := func(context.Context, any) (any, error) {
+		s.mu.Lock()
+		s.flaky++
+		fail := s.flaky%2 == 1
+		s.mu.Unlock()
+		if fail {
+			err := status.Error(codes.Unavailable, "toolserver: flaky call failed")
+			s.record(Event{Method: FlakyMethod, Err: err})
+			return nil, err
+		}
+		s.record(Event{Method: FlakyMethod})
+		return in, nil
+	}
+	if interceptor == nil {
+		return handler(ctx, in)
+	}
+	return interceptor(ctx, in, &grpc.UnaryServerInfo{FullMethod: FlakyMethod}, handler)
+}
+
+// burst sends the requested number of ticks as fast as it can, then waits
+// for the call to be cancelled: output the client may still have buffered
+// when it is told to stop.
+func (s *Server) burst(_ any, ss grpc.ServerStream) error {
+	in := new(wrapperspb.Int64Value)
+	if err := ss.RecvMsg(in); err != nil {
+		return err
+	}
+	ticks := 0
+	for ; int64(ticks) < in.GetValue(); ticks++ {
+		if err := ss.SendMsg(wrapperspb.Int64(int64(ticks + 1))); err != nil {
+			if cerr := ss.Context().Err(); cerr != nil {
+				err = cerr
+			}
+			s.record(Event{Method: BurstMethod, Err: err, Ticks: ticks})
+			return err
+		}
+	}
+	<-ss.Context().Done()
+	s.record(Event{Method: BurstMethod, Err: ss.Context().Err(), Ticks: ticks})
+	return ss.Context().Err()
+}
+
+// chat echoes every message. It ends when the client closes its side
+// (Err nil) or the call ends (Err is the context's error, or the error that
+// ended the stream).
+func (s *Server) chat(_ any, ss grpc.ServerStream) error {
+	for n := 0; ; n++ {
+		in := new(wrapperspb.StringValue)
+		err := ss.RecvMsg(in)
+		if err == nil {
+			err = ss.SendMsg(in)
+		} else if errors.Is(err, io.EOF) {
+			s.record(Event{Method: ChatMethod, Ticks: n})
+			return nil
+		}
+		if err != nil {
+			if cerr := ss.Context().Err(); cerr != nil {
+				err = cerr
+			}
+			s.record(Event{Method: ChatMethod, Err: err, Ticks: n})
+			return err
+		}
+	}
+}
+
 // Client calls the tool service over any connection (with or without
 // interceptors).
 type Client struct {
@@ -287,6 +410,49 @@ func (p ProgressStream) Recv() (int64, error) {
 	v := new(wrapperspb.Int64Value)
 	err := p.RecvMsg(v)
 	return v.GetValue(), err
+}
+
+// Flaky calls Flaky: every odd-numbered call the server sees fails with
+// Unavailable.
+func (c *Client) Flaky(ctx context.Context, msg string) (string, error) {
+	out := new(wrapperspb.StringValue)
+	err := c.cc.Invoke(ctx, FlakyMethod, wrapperspb.String(msg), out)
+	return out.GetValue(), err
+}
+
+// Burst opens a Burst stream: n ticks at once, then nothing until the call
+// is cancelled.
+func (c *Client) Burst(ctx context.Context, n int64) (ProgressStream, error) {
+	st, err := c.cc.NewStream(ctx, &grpc.StreamDesc{StreamName: "Burst", ServerStreams: true}, BurstMethod)
+	if err != nil {
+		return ProgressStream{}, err
+	}
+	if err := st.SendMsg(wrapperspb.Int64(n)); err != nil {
+		return ProgressStream{}, err
+	}
+	if err := st.CloseSend(); err != nil {
+		return ProgressStream{}, err
+	}
+	return ProgressStream{st}, nil
+}
+
+// ChatStream is an open Chat call.
+type ChatStream struct{ grpc.ClientStream }
+
+// Send sends msg; the server echoes it.
+func (c ChatStream) Send(msg string) error { return c.SendMsg(wrapperspb.String(msg)) }
+
+// Recv returns the next echoed message.
+func (c ChatStream) Recv() (string, error) {
+	v := new(wrapperspb.StringValue)
+	err := c.RecvMsg(v)
+	return v.GetValue(), err
+}
+
+// Chat opens a Chat stream.
+func (c *Client) Chat(ctx context.Context) (ChatStream, error) {
+	st, err := c.cc.NewStream(ctx, &grpc.StreamDesc{StreamName: "Chat", ServerStreams: true, ClientStreams: true}, ChatMethod)
+	return ChatStream{st}, err
 }
 
 // Progress opens a Progress stream ticking every interval.
