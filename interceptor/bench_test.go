@@ -1,5 +1,16 @@
 package interceptor_test
 
+// Benchmarks of the gate's own cost. The comparisons that matter are
+// measured within one run, interleaved, so that the drift of a loaded
+// machine hits every variant alike:
+//
+//	go test -run '^$' -bench 'Interleaved' ./interceptor/
+//	go test -run '^$' -bench 'BenchmarkUnaryParallel' -cpu 1,2 ./interceptor/
+//
+// The first reports each variant's ns/call, its allocations and its ratio to
+// the first variant; the second is read as the throughput ratio of -cpu 2 to
+// -cpu 1.
+
 import (
 	"context"
 	"fmt"
@@ -12,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
@@ -53,10 +65,34 @@ func fill(b *testing.B, store *controlstore.Store, n int) {
 	}
 }
 
+// gateMode is one way of running the gate.
+type gateMode struct {
+	name string
+	opts []interceptor.Option
+	// scoped: the caller's context comes from ContextWithOpCancel.
+	scoped bool
+}
+
+var gateModes = []gateMode{
+	{name: "inflight=off", opts: []interceptor.Option{interceptor.WithInFlightCancellation(false)}},
+	{name: "inflight=on"},
+	{name: "inflight=op-scoped", scoped: true},
+}
+
+// callerCtx is the context a caller of mode passes: ctx, or ctx wrapped by
+// ContextWithOpCancel once (per op, not per call).
+func (m gateMode) callerCtx(b *testing.B, store *controlstore.Store, ctx context.Context) context.Context {
+	if !m.scoped {
+		return ctx
+	}
+	ctx, done := interceptor.ContextWithOpCancel(ctx, store)
+	b.Cleanup(done)
+	return ctx
+}
+
 // BenchmarkUnary measures the unary interceptor alone, with a no-op
 // invoker: quiet (nothing signalled) and with 4,096 active entries of
-// other ops, with in-flight cancellation off and on, with the no-op and
-// the SDK meter provider.
+// other ops, in every mode, with the no-op and the SDK meter provider.
 func BenchmarkUnary(b *testing.B) {
 	for _, meters := range []struct {
 		name string
@@ -68,15 +104,12 @@ func BenchmarkUnary(b *testing.B) {
 		}},
 	} {
 		for _, entries := range []int{0, 4096} {
-			for _, inFlight := range []bool{false, true} {
-				name := fmt.Sprintf("%s/entries=%d/inflight=%v", meters.name, entries, inFlight)
-				b.Run(name, func(b *testing.B) {
+			for _, m := range gateModes {
+				b.Run(fmt.Sprintf("%s/entries=%d/%s", meters.name, entries, m.name), func(b *testing.B) {
 					store := newStore(b)
 					fill(b, store, entries)
-					unary := interceptor.UnaryClientInterceptor(store,
-						interceptor.WithInFlightCancellation(inFlight),
-						interceptor.WithMeterProvider(meters.mp()))
-					ctx := spanCtx(1)
+					unary := interceptor.UnaryClientInterceptor(store, append(m.opts, interceptor.WithMeterProvider(meters.mp()))...)
+					ctx := m.callerCtx(b, store, spanCtx(1))
 					b.ReportAllocs()
 					for b.Loop() {
 						if err := unary(ctx, methodEcho, nil, nil, nil, noopInvoker); err != nil {
@@ -96,49 +129,143 @@ func BenchmarkUnary(b *testing.B) {
 	})
 }
 
-// BenchmarkUnaryParallel is BenchmarkUnary from every P at once, each
-// goroutine with its own op, and with no span at all.
+// BenchmarkUnaryParallel is BenchmarkUnary from every P at once. ops=each:
+// every goroutine has its own op; ops=one: all share one op (the calls of
+// one op must not serialise either); ops=none: no span at all. Run it with
+// -cpu 1,2: the gate scales when ns/op at -cpu 2 is well under -cpu 1's.
 func BenchmarkUnaryParallel(b *testing.B) {
-	for _, inFlight := range []bool{false, true} {
-		for _, withSpan := range []bool{true, false} {
-			b.Run(fmt.Sprintf("inflight=%v/span=%v", inFlight, withSpan), func(b *testing.B) {
-				store := newStore(b)
-				unary := interceptor.UnaryClientInterceptor(store,
-					interceptor.WithInFlightCancellation(inFlight),
-					interceptor.WithMeterProvider(noop.NewMeterProvider()))
-				var seq atomicCounter
-				b.ReportAllocs()
-				b.RunParallel(func(pb *testing.PB) {
-					ctx := context.Background()
-					if withSpan {
-						ctx = spanCtx(seq.next())
-					}
-					for pb.Next() {
-						if err := unary(ctx, methodEcho, nil, nil, nil, noopInvoker); err != nil {
-							b.Error(err)
-							return
+	for _, entries := range []int{0, 4096} {
+		for _, m := range gateModes {
+			for _, ops := range []string{"each", "one", "none"} {
+				if m.scoped && ops == "none" {
+					continue // a scope is made for an op
+				}
+				b.Run(fmt.Sprintf("entries=%d/%s/ops=%s", entries, m.name, ops), func(b *testing.B) {
+					store := newStore(b)
+					fill(b, store, entries)
+					unary := interceptor.UnaryClientInterceptor(store,
+						append(m.opts, interceptor.WithMeterProvider(noop.NewMeterProvider()))...)
+					var seq atomic.Uint64
+					shared := m.callerCtx(b, store, spanCtx(1))
+					b.ReportAllocs()
+					b.RunParallel(func(pb *testing.PB) {
+						var ctx context.Context
+						switch ops {
+						case "each":
+							ctx = spanCtx(seq.Add(1) + 1)
+							if m.scoped {
+								var done context.CancelFunc
+								ctx, done = interceptor.ContextWithOpCancel(ctx, store)
+								defer done()
+							}
+						case "one":
+							ctx = shared
+						default:
+							ctx = context.Background()
 						}
-					}
+						for pb.Next() {
+							if err := unary(ctx, methodEcho, nil, nil, nil, noopInvoker); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
 				})
-			})
+			}
 		}
 	}
 }
 
+// variant is one contender of an interleaved comparison.
+type variant struct {
+	name string
+	call func()
+}
+
+// interleave runs the variants in turn, block calls each per b.Loop
+// iteration, rotating which goes first, and reports for each the median
+// ns/call over its blocks, its allocations per call, and its ratio to the
+// first variant's median. Blocks keep the clock's own cost (tens of ns) out
+// of calls that take a few hundred.
+func interleave(b *testing.B, block int, vs []variant) {
+	allocs := make([]float64, len(vs))
+	for i, v := range vs {
+		allocs[i] = testing.AllocsPerRun(200, v.call)
+	}
+	per := make([][]float64, len(vs))
+	r := 0
+	for b.Loop() {
+		r++
+		for k := range vs {
+			i := (r + k) % len(vs)
+			t0 := time.Now()
+			for range block {
+				vs[i].call()
+			}
+			per[i] = append(per[i], float64(time.Since(t0).Nanoseconds())/float64(block))
+		}
+	}
+	med := make([]float64, len(vs))
+	for i := range vs {
+		slices.Sort(per[i])
+		med[i] = per[i][len(per[i])/2]
+		b.ReportMetric(med[i], vs[i].name+"-ns/call")
+		b.ReportMetric(allocs[i], vs[i].name+"-allocs/call")
+	}
+	for i := 1; i < len(vs); i++ {
+		b.ReportMetric(med[i]/med[0], vs[i].name+"/"+vs[0].name)
+	}
+}
+
+// BenchmarkUnaryInterleaved compares, in one loop, a call with no gate (the
+// no-op invoker alone), the default (in-flight cancellation on), in-flight
+// cancellation off, and the op-scoped path (ContextWithOpCancel), nothing
+// signalled and with 4,096 active entries of other ops; the caller's
+// context is a cancellable request context with a span.
+func BenchmarkUnaryInterleaved(b *testing.B) {
+	for _, entries := range []int{0, 4096} {
+		b.Run(fmt.Sprintf("entries=%d", entries), func(b *testing.B) {
+			store := newStore(b)
+			fill(b, store, entries)
+			noMetrics := interceptor.WithMeterProvider(noop.NewMeterProvider())
+			ctx, cancel := context.WithCancel(spanCtx(1))
+			defer cancel()
+			scoped, done := interceptor.ContextWithOpCancel(ctx, store)
+			defer done()
+			on := interceptor.UnaryClientInterceptor(store, noMetrics)
+			off := interceptor.UnaryClientInterceptor(store, noMetrics, interceptor.WithInFlightCancellation(false))
+			call := func(u grpc.UnaryClientInterceptor, ctx context.Context) func() {
+				return func() {
+					if err := u(ctx, methodEcho, nil, nil, nil, noopInvoker); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			interleave(b, 64, []variant{
+				{"bare", func() { _ = noopInvoker(ctx, methodEcho, nil, nil, nil) }},
+				{"default", call(on, ctx)},
+				{"inflight-off", call(off, ctx)},
+				{"op-scoped", call(on, scoped)},
+			})
+		})
+	}
+}
+
+// streamer is a fake streamer whose stream ends at its first RecvMsg.
+func streamer(ctx context.Context, _ *grpc.StreamDesc, _ *grpc.ClientConn, _ string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
+	return &doneStream{fakeStream{ctx: ctx}}, nil
+}
+
 // BenchmarkStreamOpen measures opening and finishing a gated stream with a
-// fake streamer.
+// fake streamer, in every mode.
 func BenchmarkStreamOpen(b *testing.B) {
-	for _, inFlight := range []bool{false, true} {
-		b.Run(fmt.Sprintf("inflight=%v", inFlight), func(b *testing.B) {
+	for _, m := range gateModes {
+		b.Run(m.name, func(b *testing.B) {
 			store := newStore(b)
 			stream := interceptor.StreamClientInterceptor(store,
-				interceptor.WithInFlightCancellation(inFlight),
-				interceptor.WithMeterProvider(noop.NewMeterProvider()))
-			streamer := func(ctx context.Context, _ *grpc.StreamDesc, _ *grpc.ClientConn, _ string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
-				return &doneStream{fakeStream{ctx: ctx}}, nil
-			}
+				append(m.opts, interceptor.WithMeterProvider(noop.NewMeterProvider()))...)
 			desc := &grpc.StreamDesc{ServerStreams: true}
-			ctx := spanCtx(1)
+			ctx := m.callerCtx(b, store, spanCtx(1))
 			b.ReportAllocs()
 			for b.Loop() {
 				cs, err := stream(ctx, desc, nil, methodWatch, streamer)
@@ -151,35 +278,97 @@ func BenchmarkStreamOpen(b *testing.B) {
 	}
 }
 
+// BenchmarkStreamOpenInterleaved compares stream open and finish with
+// in-flight cancellation on (the default) and off, and op-scoped, in one
+// loop.
+func BenchmarkStreamOpenInterleaved(b *testing.B) {
+	store := newStore(b)
+	noMetrics := interceptor.WithMeterProvider(noop.NewMeterProvider())
+	on := interceptor.StreamClientInterceptor(store, noMetrics)
+	off := interceptor.StreamClientInterceptor(store, noMetrics, interceptor.WithInFlightCancellation(false))
+	desc := &grpc.StreamDesc{ServerStreams: true}
+	ctx, cancel := context.WithCancel(spanCtx(1))
+	defer cancel()
+	scoped, done := interceptor.ContextWithOpCancel(ctx, store)
+	defer done()
+	open := func(s grpc.StreamClientInterceptor, ctx context.Context) func() {
+		return func() {
+			cs, err := s(ctx, desc, nil, methodWatch, streamer)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = cs.RecvMsg(nil)
+		}
+	}
+	interleave(b, 32, []variant{
+		{"inflight-off", open(off, ctx)},
+		{"default", open(on, ctx)},
+		{"op-scoped", open(on, scoped)},
+	})
+}
+
 // doneStream's RecvMsg ends the stream at once.
 type doneStream struct{ fakeStream }
 
-func (d *doneStream) RecvMsg(any) error { return errEOF }
+func (d *doneStream) RecvMsg(any) error { return io.EOF }
 
-// BenchmarkLoopbackUnary is a real unary RPC over loopback TCP to an echo
-// handler, without the gate (bare) and with it, in the same run; passthrough
-// is a do-nothing interceptor, the cost of having any interceptor at all.
+// BenchmarkOpScopePerSpan is what making the op-scoped context at every
+// span start would cost, as an OpenTelemetry TracerProvider wrapper would
+// do it: a real SDK span started and ended, bare and with
+// ContextWithOpCancel made after Start and ended before End.
+func BenchmarkOpScopePerSpan(b *testing.B) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	tracer := tp.Tracer("bench")
+	store := newStore(b)
+	parent, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	interleave(b, 32, []variant{
+		{"span", func() {
+			_, span := tracer.Start(parent, "op")
+			span.End()
+		}},
+		{"span+scope", func() {
+			ctx, span := tracer.Start(parent, "op")
+			_, done := interceptor.ContextWithOpCancel(ctx, store)
+			done()
+			span.End()
+		}},
+	})
+}
+
+// BenchmarkLoopbackUnary is a real unary RPC over loopback TCP to the tool
+// server's Echo, without the gate (bare) and with it; passthrough is a
+// do-nothing interceptor, the cost of having any interceptor at all. The
+// interleaved/X runs alternate bare and X calls within one loop (swapping
+// their order every iteration) and report the median of each and X's
+// overhead in percent of the bare median. e2e's BenchmarkEchoOverhead is
+// the fuller comparison.
 func BenchmarkLoopbackUnary(b *testing.B) {
 	ts := startServer(b)
 	store := newStore(b)
+	noMetrics := interceptor.WithMeterProvider(noop.NewMeterProvider())
 	passthrough := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		return invoker(ctx, method, req, reply, cc, opts...)
-	}
-	conns := []struct {
-		name string
-		cc   *grpc.ClientConn
-	}{
-		{"bare", dial(b, ts)},
-		{"passthrough", dial(b, ts, grpc.WithChainUnaryInterceptor(passthrough))},
-		{"gated", dial(b, ts, interceptor.DialOptions(store, interceptor.WithMeterProvider(noop.NewMeterProvider()))...)},
-		{"gated-inflight=off", dial(b, ts, interceptor.DialOptions(store,
-			interceptor.WithInFlightCancellation(false), interceptor.WithMeterProvider(noop.NewMeterProvider()))...)},
 	}
 	// A request context: cancellable, with the caller's span.
 	ctx, cancel := context.WithCancel(spanCtx(1))
 	defer cancel()
+	scoped, done := interceptor.ContextWithOpCancel(ctx, store)
+	defer done()
+	conns := []struct {
+		name string
+		cc   *grpc.ClientConn
+		ctx  context.Context
+	}{
+		{"bare", dial(b, ts), ctx},
+		{"passthrough", dial(b, ts, grpc.WithChainUnaryInterceptor(passthrough)), ctx},
+		{"gated", dial(b, ts, interceptor.DialOptions(store, noMetrics)...), ctx},
+		{"gated-inflight=off", dial(b, ts, interceptor.DialOptions(store, interceptor.WithInFlightCancellation(false), noMetrics)...), ctx},
+		{"gated-op-scoped", dial(b, ts, interceptor.DialOptions(store, noMetrics)...), scoped},
+	}
 	for _, c := range conns {
-		if err := callEcho(ctx, c.cc); err != nil { // connect outside the timing
+		if err := callEcho(c.ctx, c.cc); err != nil { // connect outside the timing
 			b.Fatal(err)
 		}
 	}
@@ -187,32 +376,28 @@ func BenchmarkLoopbackUnary(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if err := callEcho(ctx, c.cc); err != nil {
+				if err := callEcho(c.ctx, c.cc); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
 	}
-	// On a shared machine, load drifts between sub-benchmarks by more than
-	// the gate costs. interleaved/X alternates bare and X calls within one
-	// loop (swapping their order every iteration) and reports the median of
-	// each and X's overhead in percent of the bare median.
 	for _, c := range conns[1:] {
 		b.Run("interleaved/"+c.name, func(b *testing.B) {
-			bare := conns[0].cc
+			bare := conns[0]
 			var tb, tx []time.Duration
 			swap := false
 			for b.Loop() {
-				first, second := bare, c.cc
+				first, second := bare, c
 				if swap {
 					first, second = second, first
 				}
 				t0 := time.Now()
-				if err := callEcho(ctx, first); err != nil {
+				if err := callEcho(first.ctx, first.cc); err != nil {
 					b.Fatal(err)
 				}
 				t1 := time.Now()
-				if err := callEcho(ctx, second); err != nil {
+				if err := callEcho(second.ctx, second.cc); err != nil {
 					b.Fatal(err)
 				}
 				d0, d1 := t1.Sub(t0), time.Since(t1)
@@ -238,63 +423,61 @@ func median(d []time.Duration) time.Duration {
 // BenchmarkTerminateLatency measures, in process, the time from Apply
 // (TERMINATE) of an op to the return of that op's in-flight call: with a
 // fake invoker that blocks on its context, and with a real RPC over
-// loopback whose handler blocks. One op per iteration (terminate is
+// loopback whose handler blocks, each with the call's own registration
+// (default) and under an op scope. One op per iteration (terminate is
 // sticky). Reports p50 and p99 in microseconds.
 func BenchmarkTerminateLatency(b *testing.B) {
-	b.Run("fake-invoker", func(b *testing.B) {
-		store := newStore(b)
-		unary := interceptor.UnaryClientInterceptor(store, interceptor.WithMeterProvider(noop.NewMeterProvider()))
-		started := make(chan struct{}, 1)
-		blocking := func(ctx context.Context, _ string, _, _ any, _ *grpc.ClientConn, _ ...grpc.CallOption) error {
-			started <- struct{}{}
-			<-ctx.Done()
-			return status.FromContextError(ctx.Err()).Err()
-		}
-		measure(b, store, func(ctx context.Context) error {
-			return unary(ctx, methodBlock, nil, nil, nil, blocking)
-		}, started)
-	})
-	b.Run("loopback", func(b *testing.B) {
-		ts := startServer(b)
-		store := newStore(b)
-		cc := dial(b, ts, interceptor.DialOptions(store, interceptor.WithMeterProvider(noop.NewMeterProvider()))...)
-		started := make(chan struct{}, 1)
-		quit := make(chan struct{})
-		forwarded := make(chan struct{})
-		go func() {
-			defer close(forwarded)
-			for {
-				select {
-				case <-ts.entered:
-					started <- struct{}{}
-				case <-quit:
-					return
-				}
+	for _, scoped := range []bool{false, true} {
+		suffix := map[bool]string{false: "", true: "/op-scoped"}[scoped]
+		b.Run("fake-invoker"+suffix, func(b *testing.B) {
+			store := newStore(b)
+			unary := interceptor.UnaryClientInterceptor(store, interceptor.WithMeterProvider(noop.NewMeterProvider()))
+			started := make(chan struct{}, 1)
+			blocking := func(ctx context.Context, _ string, _, _ any, _ *grpc.ClientConn, _ ...grpc.CallOption) error {
+				started <- struct{}{}
+				<-ctx.Done()
+				return status.FromContextError(ctx.Err()).Err()
 			}
-		}()
-		b.Cleanup(func() { close(quit); <-forwarded })
-		measure(b, store, func(ctx context.Context) error { return callBlock(ctx, cc) }, started)
-	})
+			measure(b, store, scoped, func(ctx context.Context) error {
+				return unary(ctx, methodBlock, nil, nil, nil, blocking)
+			}, func(int) { <-started })
+		})
+		b.Run("loopback"+suffix, func(b *testing.B) {
+			ts := startServer(b)
+			store := newStore(b)
+			cc := dial(b, ts, interceptor.DialOptions(store, interceptor.WithMeterProvider(noop.NewMeterProvider()))...)
+			measure(b, store, scoped, func(ctx context.Context) error { return callBlock(ctx, cc) },
+				func(i int) { waitEntered(b, ts, methodBlock, i) })
+		})
+	}
 }
 
-func measure(b *testing.B, store *controlstore.Store, call func(context.Context) error, started <-chan struct{}) {
+// measure runs one call per iteration, waits until it runs (started(i) for
+// the i-th), terminates its op and records how long the call took to
+// return.
+func measure(b *testing.B, store *controlstore.Store, scoped bool, call func(context.Context) error, started func(i int)) {
 	lat := make([]time.Duration, 0, 1024)
 	done := make(chan time.Time, 1)
-	i := uint64(0)
+	i := 0
 	for b.Loop() {
 		i++
-		ctx := spanCtx(i)
+		ctx := spanCtx(uint64(i))
 		opID := opIDOf(trace.SpanContextFromContext(ctx))
+		var end context.CancelFunc = func() {}
+		if scoped {
+			ctx, end = interceptor.ContextWithOpCancel(ctx, store)
+		}
 		go func() {
 			_ = call(ctx)
 			done <- time.Now()
 		}()
-		<-started
+		started(i)
 		t0 := time.Now()
 		if err := store.Apply(opID, controlstore.SignalTerminate); err != nil {
 			b.Fatal(err)
 		}
 		lat = append(lat, (<-done).Sub(t0))
+		end()
 	}
 	slices.Sort(lat)
 	pct := func(p float64) float64 {
@@ -303,9 +486,3 @@ func measure(b *testing.B, store *controlstore.Store, call func(context.Context)
 	b.ReportMetric(pct(0.50), "p50-µs")
 	b.ReportMetric(pct(0.99), "p99-µs")
 }
-
-type atomicCounter struct{ n atomic.Uint64 }
-
-func (c *atomicCounter) next() uint64 { return c.n.Add(1) }
-
-var errEOF = io.EOF

@@ -4,7 +4,6 @@ package interceptor_test
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/opcontrol/opcontrol/controlstore"
@@ -28,7 +28,7 @@ func TestChainSelectorExempts(t *testing.T) {
 	ts := startServer(t)
 	store := newStore(t)
 	exemptOther := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
-		return c.FullMethod() != methodOther && c.FullMethod() != methodWatch
+		return c.FullMethod() != methodBlock && c.FullMethod() != methodWatch
 	})
 	cc := dial(t, ts,
 		grpc.WithChainUnaryInterceptor(selector.UnaryClientInterceptor(interceptor.UnaryClientInterceptor(store), exemptOther)),
@@ -37,7 +37,7 @@ func TestChainSelectorExempts(t *testing.T) {
 	apply(t, store, controlstore.GlobalOpID, controlstore.SignalTerminate)
 
 	wantTerminated(t, callEcho(context.Background(), cc), "", controlstore.ScopeGlobal, controlstore.GlobalOpID)
-	if err := cc.Invoke(context.Background(), methodOther, wrapperspb.String("x"), new(wrapperspb.StringValue)); err != nil {
+	if err := cc.Invoke(context.Background(), methodBlock, durationpb.New(0), new(wrapperspb.StringValue)); err != nil {
 		t.Fatalf("selector-exempt unary call refused: %v", err)
 	}
 	_, err := cc.NewStream(context.Background(), chatDesc, methodChat)
@@ -48,14 +48,14 @@ func TestChainSelectorExempts(t *testing.T) {
 	if err != nil {
 		t.Fatalf("selector-exempt stream refused: %v", err)
 	}
-	if err := cs.SendMsg(wrapperspb.String("w")); err != nil {
+	if err := cs.SendMsg(wrapperspb.Int64(1)); err != nil {
 		t.Fatal(err)
 	}
-	if err := cs.RecvMsg(new(wrapperspb.StringValue)); err != nil {
+	if err := cs.RecvMsg(new(wrapperspb.Int64Value)); err != nil {
 		t.Fatal(err)
 	}
-	if ts.echoes.Load() != 1 {
-		t.Fatalf("server saw %d echo calls, want 1 (the exempt one)", ts.echoes.Load())
+	if e, w := served(ts, methodEcho), served(ts, methodBlock); e != 0 || w != 1 {
+		t.Fatalf("server answered %d Echo and %d Work calls, want 0 and 1 (the exempt one)", e, w)
 	}
 }
 
@@ -90,7 +90,7 @@ func TestChainRetryNeverRetriesTerminated(t *testing.T) {
 			if err := cc.Invoke(context.Background(), methodFlaky, wrapperspb.String("f"), new(wrapperspb.StringValue)); err != nil {
 				t.Fatalf("retry not active: %v", err)
 			}
-			if n := ts.flakes.Load(); n != 2 {
+			if n := served(ts, methodFlaky); n != 2 {
 				t.Fatalf("Flaky attempts = %d, want 2", n)
 			}
 
@@ -98,19 +98,17 @@ func TestChainRetryNeverRetriesTerminated(t *testing.T) {
 			ctx, span, opID := tr.start(context.Background(), "op")
 			defer span.End()
 			done := async(func() error { return callBlock(ctx, cc) })
-			recv(t, ts.entered, "first attempt")
+			waitEntered(t, ts, methodBlock, 1)
 			apply(t, store, opID, controlstore.SignalTerminate)
 			wantTerminated(t, recv(t, done, "cancelled call"), opID, controlstore.ScopeOp, opID)
-			if sErr := recv(t, ts.exited, "handler to end"); !errors.Is(sErr, context.Canceled) {
-				t.Fatalf("handler ended with %v, want its context cancelled", sErr)
-			}
-			if n := ts.blocks.Load(); n != 1 {
+			waitServerCancelled(t, ts, methodBlock, 1)
+			if n := ts.Entered(methodBlock); n != 1 {
 				t.Fatalf("Block attempted %d times, want 1", n)
 			}
 
 			// Refused before any attempt.
 			wantTerminated(t, callBlock(ctx, cc), opID, controlstore.ScopeOp, opID)
-			if n := ts.blocks.Load(); n != 1 {
+			if n := ts.Entered(methodBlock); n != 1 {
 				t.Fatalf("Block attempted %d times after the terminate", n)
 			}
 
@@ -122,26 +120,21 @@ func TestChainRetryNeverRetriesTerminated(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := cs.SendMsg(wrapperspb.String("w")); err != nil {
+			if err := cs.SendMsg(wrapperspb.Int64(1)); err != nil {
 				t.Fatal(err)
 			}
 			if err := cs.CloseSend(); err != nil {
 				t.Fatal(err)
 			}
-			if err := cs.RecvMsg(new(wrapperspb.StringValue)); err != nil {
+			if err := cs.RecvMsg(new(wrapperspb.Int64Value)); err != nil {
 				t.Fatal(err)
 			}
-			recv(t, ts.entered, "watch to block")
-			recvd := async(func() error { return cs.RecvMsg(new(wrapperspb.StringValue)) })
+			recvd := async(func() error { return cs.RecvMsg(new(wrapperspb.Int64Value)) })
 			apply(t, store, opID2, controlstore.SignalTerminate)
 			wantTerminated(t, recv(t, recvd, "blocked RecvMsg"), opID2, controlstore.ScopeOp, opID2)
-			if sErr := recv(t, ts.exited, "watch to end"); !errors.Is(sErr, context.Canceled) {
-				t.Fatalf("watch ended with %v, want its context cancelled", sErr)
-			}
-			select {
-			case <-ts.entered:
-				t.Fatal("terminated stream re-established by retry")
-			default:
+			waitServerCancelled(t, ts, methodWatch, 1)
+			if n := len(ts.Headers(methodWatch)); n != 1 {
+				t.Fatalf("Watch opened %d times: a terminated stream was re-established by retry", n)
 			}
 			eventually(t, "registrations released", func() bool { return store.InFlight() == 0 })
 		})
@@ -166,8 +159,12 @@ func TestChainOtelgrpcStatsHandlerUsesCallerSpan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := recv(t, ts.entered, "stream to open")
-	rpcOp := rpcSpanOp(t, in.md.Get("traceparent"))
+	opened, cancelOpen := context.WithTimeout(context.Background(), waitFor)
+	defer cancelOpen()
+	if err := ts.Wait(opened, func() bool { return len(ts.Headers(methodChat)) > 0 }); err != nil {
+		t.Fatal("the stream never reached the tool server")
+	}
+	rpcOp := rpcSpanOp(t, ts.Headers(methodChat)[0].Get("traceparent"))
 	if rpcOp == callerOp {
 		t.Fatal("traceparent carries the caller's span; the stats handler made no client span")
 	}
@@ -195,16 +192,18 @@ func TestChainOtelgrpcStatsHandlerUsesCallerSpan(t *testing.T) {
 	}
 	span.End()
 
-	// The recorded client span is a child of the caller's span.
-	var found bool
-	for _, s := range tr.rec.Ended() {
-		if s.SpanKind() == trace.SpanKindClient && s.Parent().SpanID() == span.SpanContext().SpanID() {
-			found = opIDOf(s.SpanContext()) == rpcOp
+	// The recorded client span is a child of the caller's span. The gate
+	// returned the terminated error as soon as the store applied the
+	// terminate; gRPC ends the cancelled stream (and its span) right after.
+	eventually(t, "a client span with the caller as parent and the traceparent's ids", func() bool {
+		for _, s := range tr.rec.Ended() {
+			if s.SpanKind() == trace.SpanKindClient && s.Parent().SpanID() == span.SpanContext().SpanID() &&
+				opIDOf(s.SpanContext()) == rpcOp {
+				return true
+			}
 		}
-	}
-	if !found {
-		t.Fatal("no client span with the caller as parent and the traceparent's ids")
-	}
+		return false
+	})
 	eventually(t, "registrations released", func() bool { return store.InFlight() == 0 })
 }
 

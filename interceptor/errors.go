@@ -3,6 +3,7 @@ package interceptor
 import (
 	"context"
 	"errors"
+	"strconv"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -15,18 +16,18 @@ import (
 // interceptors return.
 const ErrorDomain = "opcontrol"
 
-// errdetails.ErrorInfo reasons of the errors the interceptors return.
+// errdetails.ErrorInfo reasons of the errors the interceptors return; the
+// package documentation's error table pairs each with its code.
 const (
 	// ReasonTerminated: the call's op, its agent or every agent was
-	// terminated (codes.FailedPrecondition).
+	// terminated.
 	ReasonTerminated = "OP_TERMINATED"
 	// ReasonPaused: the call was held because an op was paused, and the
-	// caller's context ended first (codes.DeadlineExceeded or
-	// codes.Canceled).
+	// caller's context ended first.
 	ReasonPaused = "OP_PAUSED"
 	// ReasonUnavailable: op control fails closed: the store is not
 	// synchronised with the gateway, or a held call's paused entry was
-	// evicted (codes.Unavailable).
+	// evicted.
 	ReasonUnavailable = "OP_CONTROL_UNAVAILABLE"
 )
 
@@ -46,76 +47,83 @@ const (
 )
 
 // Error is the error both interceptors return for a call that op control
-// stopped. It is a gRPC status error (status.Code, status.FromError and
-// GRPCStatus work on it, with an errdetails.ErrorInfo detail) and it wraps
+// stopped: a gRPC status error (status.Code, status.FromError and
+// GRPCStatus work on it, with an errdetails.ErrorInfo detail) that wraps
 // the controlstore error that decided, so errors.Is(err,
-// controlstore.ErrTerminated), errors.As(err, new(*controlstore.TerminatedError)),
-// errors.Is(err, context.DeadlineExceeded) and the like work too:
-//
-//	cause                         code                reason
-//	*controlstore.TerminatedError FailedPrecondition  OP_TERMINATED
-//	*controlstore.PausedError     DeadlineExceeded or OP_PAUSED
-//	  (context ended while held)  Canceled
-//	controlstore.ErrUnavailable,  Unavailable         OP_CONTROL_UNAVAILABLE
-//	*controlstore.EvictedError
+// controlstore.ErrTerminated), errors.As(err, new(*controlstore.TerminatedError))
+// and errors.Is(err, context.DeadlineExceeded) work too. Which code and
+// reason go with which cause is tabled in the package documentation.
 //
 // Errors are built only by this package; never modify one.
 type Error struct {
-	opID  string
+	v     verdict
 	cause error
 	st    *status.Status
 }
 
-// newError builds the error for a call of op stopped by cause, a
-// controlstore error. Error paths only: it allocates.
+// verdict is what the gate decided about one call or stream message,
+// worked out once from the store's error when the *Error is built.
+// Metrics, span events and the stream wrapper read it; nothing re-derives
+// it from the error chain.
+type verdict struct {
+	outcome outcome    // denied, unavailable, or held (the caller gave up)
+	hold    holdResult // how a hold ending in this error ended
+	code    codes.Code
+	reason  string
+	scope   controlstore.Scope
+	scoped  bool   // scope is meaningful (terminated or paused)
+	opID    string // the caller's op id, "" for none
+	idKey   string // MetadataTerminatedID, MetadataPausedID, MetadataEvictedID or ""
+	id      string // the id idKey names
+}
+
+// judge turns the store's answer for a call of op into a verdict. cause is
+// one of the errors Check and Wait return, never wrapped: a
+// *TerminatedError, an *EvictedError, a *PausedError (from Wait, when the
+// caller's context ended while held), or ErrUnavailable.
+func judge(op controlstore.Op, cause error) verdict {
+	v := verdict{opID: op.String()}
+	switch c := cause.(type) { //nolint:errorlint // the store's own errors, never wrapped
+	case *controlstore.TerminatedError:
+		v.outcome, v.hold, v.code, v.reason = outcomeDenied, holdTerminated, codes.FailedPrecondition, ReasonTerminated
+		v.scope, v.scoped, v.idKey, v.id = c.Scope, true, MetadataTerminatedID, c.OpID
+	case *controlstore.PausedError:
+		// The caller gave up while held: its context's code. Wait returns
+		// a *PausedError only with the context's error in Err.
+		v.outcome, v.hold, v.code, v.reason = outcomeHeld, holdAbandoned, codes.Canceled, ReasonPaused
+		if errors.Is(c.Err, context.DeadlineExceeded) {
+			v.code = codes.DeadlineExceeded
+		}
+		v.scope, v.scoped, v.idKey, v.id = c.Scope, true, MetadataPausedID, c.OpID
+	case *controlstore.EvictedError:
+		v.outcome, v.hold, v.code, v.reason = outcomeUnavailable, holdUnavailable, codes.Unavailable, ReasonUnavailable
+		v.idKey, v.id = MetadataEvictedID, c.OpID
+	default: // controlstore.ErrUnavailable
+		v.outcome, v.hold, v.code, v.reason = outcomeUnavailable, holdUnavailable, codes.Unavailable, ReasonUnavailable
+	}
+	return v
+}
+
+// newError builds the error for a call of op stopped by cause (see judge).
+// Error paths only: it allocates.
 func newError(op controlstore.Op, cause error) *Error {
-	opID := op.String()
-	md := map[string]string{MetadataOpID: opID}
-	var (
-		code   codes.Code
-		reason string
-		msg    = cause.Error()
-		scope  controlstore.Scope
-		scoped bool
-		te     *controlstore.TerminatedError
-		pe     *controlstore.PausedError
-		ee     *controlstore.EvictedError
-	)
-	switch {
-	case errors.As(cause, &te):
-		code, reason = codes.FailedPrecondition, ReasonTerminated
-		scope, scoped = te.Scope, true
-		md[MetadataTerminatedID] = te.OpID
-	case errors.As(cause, &ee):
-		code, reason = codes.Unavailable, ReasonUnavailable
-		md[MetadataEvictedID] = ee.OpID
-	case errors.As(cause, &pe):
-		code, reason = codes.Unavailable, ReasonPaused
-		if pe.Err != nil {
-			code = status.FromContextError(pe.Err).Code()
-		}
-		scope, scoped = pe.Scope, true
-		md[MetadataPausedID] = pe.OpID
-	case errors.Is(cause, controlstore.ErrUnavailable):
-		code, reason = codes.Unavailable, ReasonUnavailable
-	default:
-		// Not a controlstore error: never produced by the interceptors,
-		// but keep the contract (a status) rather than panic.
-		code, reason = status.Code(cause), ""
+	v := judge(op, cause)
+	md := map[string]string{MetadataOpID: v.opID}
+	if v.idKey != "" {
+		md[v.idKey] = v.id
 	}
-	if scoped {
-		md[MetadataScope] = scope.String()
-		if scope != controlstore.ScopeOp && opID != "" {
-			msg += " (call of op " + quote(opID) + ")"
+	msg := cause.Error()
+	if v.scoped {
+		md[MetadataScope] = v.scope.String()
+		if v.scope != controlstore.ScopeOp && v.opID != "" {
+			msg += " (call of op " + strconv.Quote(v.opID) + ")"
 		}
 	}
-	st := status.New(code, msg)
-	if reason != "" {
-		if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain, Metadata: md}); err == nil {
-			st = withInfo
-		}
+	st := status.New(v.code, msg)
+	if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: v.reason, Domain: ErrorDomain, Metadata: md}); err == nil {
+		st = withInfo
 	}
-	return &Error{opID: opID, cause: cause, st: st}
+	return &Error{v: v, cause: cause, st: st}
 }
 
 // Error returns the message in the form gRPC status errors use.
@@ -131,14 +139,4 @@ func (e *Error) Unwrap() error { return e.cause }
 
 // OpID returns the gateway op id of the stopped call, or "" when the call
 // had no op.
-func (e *Error) OpID() string { return e.opID }
-
-// terminatedCause returns the *TerminatedError ctx was cancelled with, or
-// nil. Error paths only: it takes ctx's lock.
-func terminatedCause(ctx context.Context) *controlstore.TerminatedError {
-	var te *controlstore.TerminatedError
-	if errors.As(context.Cause(ctx), &te) {
-		return te
-	}
-	return nil
-}
+func (e *Error) OpID() string { return e.v.opID }

@@ -2,7 +2,6 @@ package interceptor
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -58,9 +57,10 @@ func UnaryClientInterceptor(store *controlstore.Store, opts ...Option) grpc.Unar
 
 // StreamClientInterceptor returns a stream client interceptor that gates
 // every stream on store when it opens, holds each SendMsg while the stream's
-// op is paused, and (unless WithInFlightCancellation(false)) cancels the
-// stream when a terminate arrives, after which SendMsg and RecvMsg return the
-// terminated error. It must be the outermost interceptor; see the package
+// op is paused, and stops the stream once its op is terminated: after
+// that, SendMsg, RecvMsg and Header return the terminated error. Unless
+// WithInFlightCancellation(false), the terminate also cancels the stream at
+// once. It must be the outermost interceptor; see the package
 // documentation. It panics when store is nil.
 func StreamClientInterceptor(store *controlstore.Store, opts ...Option) grpc.StreamClientInterceptor {
 	return newGate(store, opts).stream
@@ -95,50 +95,82 @@ func (g *gate) isExempt(method string) bool {
 	return false
 }
 
-// quiet reports whether nothing at all is signalled, so that no call can be
-// held or refused and the op need not be resolved: one atomic load.
-func (g *gate) quiet() bool {
-	return !g.store.Armed()
-}
-
 func (g *gate) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	if g.isExempt(method) {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
 	if !g.inFlight {
-		if g.quiet() {
+		if !g.store.Armed() {
+			// Nothing signalled: nothing can hold or refuse the call, and
+			// the op need not be resolved.
 			g.m.decision(outcomeAllowed)
-			return invoker(ctx, method, req, reply, cc, opts...)
-		}
-		op := g.op(ctx)
-		if err := g.admit(ctx, op, true); err != nil {
+			err := invoker(ctx, method, req, reply, cc, opts...)
+			if err != nil && g.store.Armed() {
+				return g.ran(ctx, g.op(ctx), false, err)
+			}
 			return err
 		}
-		return invoker(ctx, method, req, reply, cc, opts...)
+		op := g.op(ctx)
+		if err := g.admit(ctx, op, true, false); err != nil {
+			return err
+		}
+		return g.ran(ctx, op, false, invoker(ctx, method, req, reply, cc, opts...))
 	}
 
-	// Register first, check second: a terminate that lands before Track is
-	// seen by the check, one that lands after cancels callCtx.
 	op := g.op(ctx)
+	if g.scoped(ctx, op) {
+		// ContextWithOpCancel: a terminate of op cancels ctx already, and
+		// gRPC's per-call context joins ctx's children as on a bare call.
+		if err := g.admit(ctx, op, true, false); err != nil {
+			return err
+		}
+		return g.ran(ctx, op, true, invoker(ctx, method, req, reply, cc, opts...))
+	}
+	// Register first, check second: a terminate that lands before Track is
+	// seen by the check (Track's or admit's), one that lands after cancels
+	// callCtx.
 	callCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	call := g.store.Track(op, cancel)
 	defer call.Release()
-	if err := g.admit(ctx, op, true); err != nil {
+	if err := g.admit(ctx, op, true, false); err != nil {
 		return err
 	}
-	err := invoker(callCtx, method, req, reply, cc, opts...)
-	if err != nil {
-		if te := terminatedCause(callCtx); te != nil {
-			return g.cancelled(ctx, op, te)
-		}
+	return g.ran(ctx, op, true, invoker(callCtx, method, req, reply, cc, opts...))
+}
+
+// ran returns what a call of op that ran returns: its own err, or the
+// terminated error when err is the store stopping it, i.e. the store has
+// terminated op and a terminate of op cancels the call's context (covered:
+// its registration, or a ContextWithOpCancel scope). A call whose context
+// ended for another reason, such as a parent cancelled with another op's
+// terminated error as cause, keeps its own error.
+func (g *gate) ran(ctx context.Context, op controlstore.Op, covered bool, err error) error {
+	if err == nil || !g.store.Armed() {
+		return err
 	}
-	return err
+	if !covered && !g.scoped(ctx, op) {
+		return err
+	}
+	te := g.terminated(op)
+	if te == nil {
+		return err
+	}
+	return g.cancelled(ctx, op, te)
+}
+
+// terminated returns the store's *TerminatedError for op, or nil when no
+// scope of op is terminated.
+func (g *gate) terminated(op controlstore.Op) *controlstore.TerminatedError {
+	te, _ := g.store.Check(op).(*controlstore.TerminatedError) //nolint:errorlint // Check returns the store's own errors, never wrapped
+	return te
 }
 
 // admit decides whether a call (perCall) or a stream message of op may go
 // ahead now: nil, or the *Error that stops it. It holds while op is paused.
-func (g *gate) admit(ctx context.Context, op controlstore.Op, perCall bool) error {
+// covered says that a terminate of op cancels ctx (a stream's registered
+// context); a ContextWithOpCancel scope is recognised by itself.
+func (g *gate) admit(ctx context.Context, op controlstore.Op, perCall, covered bool) error {
 	err := g.store.Check(op)
 	if err == nil {
 		if perCall {
@@ -146,43 +178,35 @@ func (g *gate) admit(ctx context.Context, op controlstore.Op, perCall bool) erro
 		}
 		return nil
 	}
-	var pe *controlstore.PausedError
-	if errors.As(err, &pe) {
+	if pe, held := err.(*controlstore.PausedError); held { //nolint:errorlint // Check returns the store's own errors, never wrapped
 		start := time.Now()
 		err = g.store.Wait(ctx, op)
 		d := time.Since(start)
-		// A terminate that cancelled ctx may win the race with the
-		// store's own wakeup: report the terminate, not the context.
-		var gaveUp *controlstore.PausedError
-		if errors.As(err, &gaveUp) && gaveUp.Err != nil {
-			if te := terminatedCause(ctx); te != nil {
+		if _, gaveUp := err.(*controlstore.PausedError); gaveUp { //nolint:errorlint // Wait returns the store's own errors, never wrapped
+			// ctx ended while held. If it ended because the store
+			// terminated op, that is the verdict; any other cause,
+			// whatever it wraps, is the caller's.
+			if te := g.terminated(op); te != nil && (covered || g.scoped(ctx, op)) {
 				err = te
 			}
 		}
-		g.held(ctx, op, pe, d, err)
 		if err == nil {
+			g.held(ctx, op, pe, d, holdResumed)
 			g.m.decision(outcomeHeld)
 			return nil
 		}
+		e := newError(op, err)
+		g.held(ctx, op, pe, d, e.v.hold)
+		g.refused(ctx, e)
+		return e
 	}
 	e := newError(op, err)
 	g.refused(ctx, e)
 	return e
 }
 
-// held records a hold of op, started by pe, that ended with err after d
-// (nil: the call went ahead).
-func (g *gate) held(ctx context.Context, op controlstore.Op, pe *controlstore.PausedError, d time.Duration, err error) {
-	r := holdResumed
-	switch {
-	case err == nil:
-	case errors.Is(err, controlstore.ErrTerminated):
-		r = holdTerminated
-	case errors.Is(err, controlstore.ErrUnavailable):
-		r = holdUnavailable
-	default:
-		r = holdAbandoned
-	}
+// held records a hold of op, started by pe, that ended with r after d.
+func (g *gate) held(ctx context.Context, op controlstore.Op, pe *controlstore.PausedError, d time.Duration, r holdResult) {
 	g.m.hold(ctx, d, r)
 	if !g.spanEvents {
 		return
@@ -204,24 +228,23 @@ func (g *gate) held(ctx context.Context, op controlstore.Op, pe *controlstore.Pa
 // while held counts as held, and its hold event says so: the gate refused
 // nothing.
 func (g *gate) refused(ctx context.Context, e *Error) {
-	switch {
-	case errors.Is(e.cause, controlstore.ErrTerminated):
-		g.m.decision(outcomeDenied)
-	case errors.Is(e.cause, controlstore.ErrUnavailable):
-		g.m.decision(outcomeUnavailable)
-	default:
-		g.m.decision(outcomeHeld)
-		return
+	g.m.decision(e.v.outcome)
+	if e.v.outcome != outcomeHeld {
+		g.event(ctx, "opcontrol.denied", e)
 	}
-	g.event(ctx, "opcontrol.denied", e)
 }
 
-// cancelled records a running call cancelled by te and returns its error.
+// cancelled records a running call (or stream) of op stopped by te and
+// returns its error.
 func (g *gate) cancelled(ctx context.Context, op controlstore.Op, te *controlstore.TerminatedError) *Error {
 	e := newError(op, te)
-	g.m.cancel(ctx, te.Scope)
-	g.event(ctx, "opcontrol.cancelled", e)
+	g.recordCancelled(ctx, e)
 	return e
+}
+
+func (g *gate) recordCancelled(ctx context.Context, e *Error) {
+	g.m.cancel(ctx, e.v.scope)
+	g.event(ctx, "opcontrol.cancelled", e)
 }
 
 func (g *gate) event(ctx context.Context, name string, e *Error) {
@@ -232,17 +255,17 @@ func (g *gate) event(ctx context.Context, name string, e *Error) {
 	if !span.IsRecording() {
 		return
 	}
+	v := &e.v
 	attrs := []attribute.KeyValue{
-		attribute.String("opcontrol.op_id", e.opID),
-		attribute.String("opcontrol.code", e.st.Code().String()),
+		attribute.String("opcontrol.op_id", v.opID),
+		attribute.String("opcontrol.code", v.code.String()),
+		attribute.String("opcontrol.reason", v.reason),
 	}
-	var te *controlstore.TerminatedError
-	if errors.As(e.cause, &te) {
-		attrs = append(attrs, attribute.String("opcontrol.reason", ReasonTerminated),
-			attribute.String("opcontrol.scope", te.Scope.String()),
-			attribute.String("opcontrol.terminated_id", te.OpID))
-	} else {
-		attrs = append(attrs, attribute.String("opcontrol.reason", ReasonUnavailable))
+	if v.scoped {
+		attrs = append(attrs, attribute.String("opcontrol.scope", v.scope.String()))
+	}
+	if v.idKey != "" {
+		attrs = append(attrs, attribute.String("opcontrol."+v.idKey, v.id))
 	}
 	span.AddEvent(name, trace.WithAttributes(attrs...))
 }

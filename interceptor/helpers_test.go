@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,13 +18,14 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/opcontrol/opcontrol/controlstore"
 	"github.com/opcontrol/opcontrol/interceptor"
 	"github.com/opcontrol/opcontrol/internal/testutil"
+	"github.com/opcontrol/opcontrol/internal/toolserver"
 )
 
 func TestMain(m *testing.M) {
@@ -45,19 +43,17 @@ const (
 	testAgentID = "did:key:z6MkTestAgent"
 	agentOpID   = controlstore.AgentOpIDPrefix + testAgentID
 
-	toolService  = "opcontrol.test.Tool"
-	methodEcho   = "/" + toolService + "/Echo"
-	methodBlock  = "/" + toolService + "/Block"
-	methodChat   = "/" + toolService + "/Chat"
-	methodWatch  = "/" + toolService + "/Watch"
-	methodOther  = "/" + toolService + "/Other"
-	methodFlaky  = "/" + toolService + "/Flaky"
-	policyServer = "assembly.policy.v1.PolicyService"
+	methodEcho  = toolserver.EchoMethod
+	methodBlock = toolserver.WorkMethod  // unary; runs until cancelled with callBlock
+	methodChat  = toolserver.ChatMethod  // bidi echo
+	methodWatch = toolserver.BurstMethod // server-streaming: n messages, then until cancelled
+	methodOther = "/opcontrol.tools.v1.ToolService/Other"
+	methodFlaky = toolserver.FlakyMethod
 )
 
 var (
 	chatDesc  = &grpc.StreamDesc{StreamName: "Chat", ServerStreams: true, ClientStreams: true}
-	watchDesc = &grpc.StreamDesc{StreamName: "Watch", ServerStreams: true}
+	watchDesc = &grpc.StreamDesc{StreamName: "Burst", ServerStreams: true}
 	opCtlDesc = &grpc.StreamDesc{StreamName: "OpControlStream", ServerStreams: true}
 )
 
@@ -73,178 +69,38 @@ func apply(t testing.TB, s *controlstore.Store, id string, sig controlstore.Sign
 	}
 }
 
-// entered is what a blocking handler reports when it starts.
-type entered struct {
-	md metadata.MD
-}
-
-// toolServer is a real gRPC tool server on 127.0.0.1:0, described by hand
-// (no generated code): Echo answers at once; Block, Chat and Watch block
-// until their context ends or release is closed, reporting when they start
-// (entered) and why they ended (exited).
-type toolServer struct {
-	addr    string
-	echoes  atomic.Int64 // Echo and Other attempts
-	blocks  atomic.Int64 // Block attempts
-	flakes  atomic.Int64 // Flaky attempts
-	entered chan entered
-	exited  chan error
-	release chan struct{}
-}
-
-// report and reportExit never block: a server used by many calls (the
-// concurrency test) must not stall once nobody reads.
-func (ts *toolServer) report(e entered) {
-	select {
-	case ts.entered <- e:
-	default:
-	}
-}
-
-func (ts *toolServer) reportExit(err error) {
-	select {
-	case ts.exited <- err:
-	default:
-	}
-}
-
-func (ts *toolServer) echo(ctx context.Context, in *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
-	ts.echoes.Add(1)
-	return wrapperspb.String(in.GetValue()), nil
-}
-
-// flaky fails every odd attempt with Unavailable.
-func (ts *toolServer) flaky(ctx context.Context, in *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
-	if ts.flakes.Add(1)%2 == 1 {
-		return nil, status.Error(codes.Unavailable, "flaky")
-	}
-	return wrapperspb.String(in.GetValue()), nil
-}
-
-func (ts *toolServer) block(ctx context.Context, in *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
-	ts.blocks.Add(1)
-	md, _ := metadata.FromIncomingContext(ctx)
-	ts.report(entered{md: md})
-	select {
-	case <-ctx.Done():
-		ts.reportExit(ctx.Err())
-		return nil, status.FromContextError(ctx.Err()).Err()
-	case <-ts.release:
-		ts.reportExit(nil)
-		return wrapperspb.String(in.GetValue()), nil
-	}
-}
-
-// chat echoes every message; it reports entering before its first Recv.
-func (ts *toolServer) chat(_ any, ss grpc.ServerStream) error {
-	md, _ := metadata.FromIncomingContext(ss.Context())
-	ts.report(entered{md: md})
-	for {
-		in := new(wrapperspb.StringValue)
-		if err := ss.RecvMsg(in); err != nil {
-			ts.reportExit(ss.Context().Err())
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-		if err := ss.SendMsg(in); err != nil {
-			ts.reportExit(ss.Context().Err())
-			return err
-		}
-	}
-}
-
-// watch sends one message, then blocks until released (then sends one more
-// and ends) or cancelled.
-func (ts *toolServer) watch(_ any, ss grpc.ServerStream) error {
-	in := new(wrapperspb.StringValue)
-	if err := ss.RecvMsg(in); err != nil {
-		return err
-	}
-	if err := ss.SendMsg(in); err != nil {
-		return err
-	}
-	md, _ := metadata.FromIncomingContext(ss.Context())
-	ts.report(entered{md: md})
-	select {
-	case <-ss.Context().Done():
-		ts.reportExit(ss.Context().Err())
-		return ss.Context().Err()
-	case <-ts.release:
-		ts.reportExit(nil)
-		return ss.SendMsg(in)
-	}
-}
-
-func opControl(_ any, ss grpc.ServerStream) error {
-	in := new(wrapperspb.StringValue)
-	if err := ss.RecvMsg(in); err != nil {
-		return err
-	}
-	return ss.SendMsg(wrapperspb.String("signal"))
-}
-
-func unaryHandler(f func(context.Context, *wrapperspb.StringValue) (*wrapperspb.StringValue, error)) grpc.MethodHandler {
-	return func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
-		in := new(wrapperspb.StringValue)
-		if err := dec(in); err != nil {
-			return nil, err
-		}
-		return f(ctx, in)
-	}
-}
-
-// startServer starts a tool server; it is stopped when the test ends.
-func startServer(t testing.TB, opts ...grpc.ServerOption) *toolServer {
+// startServer starts the shared tool server (internal/toolserver) on
+// 127.0.0.1:0; it is stopped when the test ends.
+func startServer(t testing.TB, opts ...grpc.ServerOption) *toolserver.Server {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	srv, err := toolserver.Start(opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &toolServer{
-		addr:    lis.Addr().String(),
-		entered: make(chan entered, 64),
-		exited:  make(chan error, 64),
-		release: make(chan struct{}),
-	}
-	srv := grpc.NewServer(opts...)
-	srv.RegisterService(&grpc.ServiceDesc{
-		ServiceName: toolService,
-		HandlerType: (*any)(nil),
-		Methods: []grpc.MethodDesc{
-			{MethodName: "Echo", Handler: unaryHandler(ts.echo)},
-			{MethodName: "Other", Handler: unaryHandler(ts.echo)},
-			{MethodName: "Block", Handler: unaryHandler(ts.block)},
-			{MethodName: "Flaky", Handler: unaryHandler(ts.flaky)},
-		},
-		Streams: []grpc.StreamDesc{
-			{StreamName: "Chat", Handler: ts.chat, ServerStreams: true, ClientStreams: true},
-			{StreamName: "Watch", Handler: ts.watch, ServerStreams: true},
-		},
-	}, ts)
-	srv.RegisterService(&grpc.ServiceDesc{
-		ServiceName: policyServer,
-		HandlerType: (*any)(nil),
-		Streams:     []grpc.StreamDesc{{StreamName: "OpControlStream", Handler: opControl, ServerStreams: true}},
-	}, ts)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
-	return ts
+	t.Cleanup(srv.Close)
+	return srv
 }
 
-// dial connects to ts with opts (the gate's options first).
-func dial(t testing.TB, ts *toolServer, opts ...grpc.DialOption) *grpc.ClientConn {
+// withOpControlStream makes a tool server also answer the gateway's
+// op-control method: one message, then the end of the stream.
+func withOpControlStream() grpc.ServerOption {
+	return grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+		if m, _ := grpc.MethodFromServerStream(ss); m != interceptor.OpControlStreamMethod {
+			return status.Errorf(codes.Unimplemented, "unknown method %s", m)
+		}
+		in := new(wrapperspb.StringValue)
+		if err := ss.RecvMsg(in); err != nil {
+			return err
+		}
+		return ss.SendMsg(wrapperspb.String("signal"))
+	})
+}
+
+// dial connects to srv with opts (the gate's options first).
+func dial(t testing.TB, srv *toolserver.Server, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	cc, err := grpc.NewClient(ts.addr, opts...)
+	cc, err := grpc.NewClient(srv.Addr(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,8 +112,61 @@ func callEcho(ctx context.Context, cc *grpc.ClientConn) error {
 	return cc.Invoke(ctx, methodEcho, wrapperspb.String("hi"), new(wrapperspb.StringValue))
 }
 
+// callBlock makes a Work call that only a cancellation ends within a test.
 func callBlock(ctx context.Context, cc *grpc.ClientConn) error {
-	return cc.Invoke(ctx, methodBlock, wrapperspb.String("hi"), new(wrapperspb.StringValue))
+	return cc.Invoke(ctx, methodBlock, durationpb.New(longWork), new(wrapperspb.StringValue))
+}
+
+// longWork is a Work call that only a cancellation ends within a test.
+const longWork = time.Hour
+
+// served counts the calls of method that the tool server has answered.
+func served(srv *toolserver.Server, method string) int {
+	n := 0
+	for _, ev := range srv.Events() {
+		if ev.Method == method {
+			n++
+		}
+	}
+	return n
+}
+
+// waitEntered waits until n calls of method in all have reached the tool
+// server's handler.
+func waitEntered(t testing.TB, srv *toolserver.Server, method string, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if srv.Wait(ctx, func() bool { return srv.Entered(method) >= n }) != nil {
+		t.Fatalf("%d %s call(s) did not reach the tool server (%d did)", n, method, srv.Entered(method))
+	}
+}
+
+// waitServerCancelled waits until the tool server's gRPC layer has ended n
+// calls of method in all, and checks that each ended Canceled: the client's
+// cancellation reached the server.
+func waitServerCancelled(t testing.TB, srv *toolserver.Server, method string, n int) {
+	t.Helper()
+	var ends []toolserver.End
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	err := srv.Wait(ctx, func() bool {
+		ends = ends[:0]
+		for _, e := range srv.Ended() {
+			if e.Method == method {
+				ends = append(ends, e)
+			}
+		}
+		return len(ends) >= n
+	})
+	if err != nil {
+		t.Fatalf("the tool server ended %d %s call(s), want %d", len(ends), method, n)
+	}
+	for _, e := range ends {
+		if status.Code(e.Err) != codes.Canceled {
+			t.Fatalf("the tool server ended %s with %v, want Canceled", method, e.Err)
+		}
+	}
 }
 
 // tracing is a real OpenTelemetry SDK tracer with a span recorder.

@@ -57,7 +57,7 @@ func TestLoopbackTerminate(t *testing.T) {
 				wantTerminated(t, err, opID, sc.scope, sc.target(opID))
 				_, err = cc.NewStream(ctx, chatDesc, methodChat)
 				wantTerminated(t, err, opID, sc.scope, sc.target(opID))
-				if n := ts.echoes.Load(); n != 1 {
+				if n := served(ts, methodEcho); n != 1 {
 					t.Fatalf("server saw %d calls, want only the one before the terminate", n)
 				}
 
@@ -110,7 +110,7 @@ func TestLoopbackPauseResume(t *testing.T) {
 				waitHeld(t, store, 2)
 				notDone(t, unary, "held unary call")
 				notDone(t, stream, "held stream open")
-				if n := ts.echoes.Load(); n != 0 {
+				if n := served(ts, methodEcho); n != 0 {
 					t.Fatalf("server saw %d calls while paused", n)
 				}
 				// A RESUME of another id releases nothing.
@@ -179,7 +179,7 @@ func TestLoopbackTerminateWhileHeld(t *testing.T) {
 				waitHeld(t, store, 1)
 				apply(t, store, sc.target(opID), controlstore.SignalTerminate)
 				wantTerminated(t, recv(t, done, "held call"), opID, sc.scope, sc.target(opID))
-				if n := ts.echoes.Load(); n != 0 {
+				if n := served(ts, methodEcho); n != 0 {
 					t.Fatalf("server saw %d calls", n)
 				}
 				// Sticky: a RESUME never lifts it.
@@ -241,7 +241,7 @@ func TestLoopbackHeldUntilContextEnds(t *testing.T) {
 	_, err = cc.NewStream(sctx, watchDesc, methodWatch)
 	cancel()
 	check(err, codes.DeadlineExceeded, context.DeadlineExceeded, "")
-	if n := ts.echoes.Load(); n != 0 {
+	if n := served(ts, methodEcho); n != 0 {
 		t.Fatalf("server saw %d calls", n)
 	}
 }
@@ -276,13 +276,11 @@ func TestLoopbackInFlightUnaryCancelled(t *testing.T) {
 			ctx, span, opID := tr.start(context.Background(), "op")
 			defer span.End()
 			done := async(func() error { return callBlock(ctx, cc) })
-			recv(t, ts.entered, "handler to start")
+			waitEntered(t, ts, methodBlock, 1)
 			apply(t, store, sc.target(opID), controlstore.SignalTerminate)
 			err := recv(t, done, "cancelled call")
 			wantTerminated(t, err, opID, sc.scope, sc.target(opID))
-			if sErr := recv(t, ts.exited, "handler to end"); !errors.Is(sErr, context.Canceled) {
-				t.Fatalf("server handler ended with %v, want its context cancelled", sErr)
-			}
+			waitServerCancelled(t, ts, methodBlock, 1)
 			if n := store.InFlight(); n != 0 {
 				t.Fatalf("InFlight = %d", n)
 			}
@@ -303,7 +301,6 @@ func TestLoopbackInFlightStreamCancelled(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			recv(t, ts.entered, "handler to start")
 			if err := cs.SendMsg(wrapperspb.String("a")); err != nil {
 				t.Fatal(err)
 			}
@@ -316,9 +313,7 @@ func TestLoopbackInFlightStreamCancelled(t *testing.T) {
 			wantTerminated(t, recv(t, recvd, "blocked RecvMsg"), opID, sc.scope, sc.target(opID))
 			wantTerminated(t, cs.SendMsg(wrapperspb.String("b")), opID, sc.scope, sc.target(opID))
 			wantTerminated(t, cs.RecvMsg(new(wrapperspb.StringValue)), opID, sc.scope, sc.target(opID))
-			if sErr := recv(t, ts.exited, "handler to end"); !errors.Is(sErr, context.Canceled) {
-				t.Fatalf("server handler ended with %v, want its context cancelled", sErr)
-			}
+			waitServerCancelled(t, ts, methodChat, 1)
 			eventually(t, "stream released", func() bool { return store.InFlight() == 0 })
 		})
 	}
@@ -332,22 +327,20 @@ func TestLoopbackInFlightStreamCancelled(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := cs.SendMsg(wrapperspb.String("w")); err != nil {
+		if err := cs.SendMsg(wrapperspb.Int64(1)); err != nil {
 			t.Fatal(err)
 		}
 		if err := cs.CloseSend(); err != nil {
 			t.Fatal(err)
 		}
-		if err := cs.RecvMsg(new(wrapperspb.StringValue)); err != nil {
+		if err := cs.RecvMsg(new(wrapperspb.Int64Value)); err != nil {
 			t.Fatal(err)
 		}
-		recv(t, ts.entered, "handler to block")
-		recvd := async(func() error { return cs.RecvMsg(new(wrapperspb.StringValue)) })
+		// The handler has sent its one message and waits to be cancelled.
+		recvd := async(func() error { return cs.RecvMsg(new(wrapperspb.Int64Value)) })
 		apply(t, store, controlstore.GlobalOpID, controlstore.SignalTerminate)
 		wantTerminated(t, recv(t, recvd, "blocked RecvMsg"), opID, controlstore.ScopeGlobal, controlstore.GlobalOpID)
-		if sErr := recv(t, ts.exited, "handler to end"); !errors.Is(sErr, context.Canceled) {
-			t.Fatalf("server handler ended with %v", sErr)
-		}
+		waitServerCancelled(t, ts, methodWatch, 1)
 		if n := store.InFlight(); n != 0 {
 			t.Fatalf("InFlight = %d after the final RecvMsg", n)
 		}
@@ -367,7 +360,6 @@ func TestLoopbackStreamSendHeld(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			recv(t, ts.entered, "handler to start")
 
 			// Pause: SendMsg held; resume: sent.
 			apply(t, store, opID, controlstore.SignalPause)
@@ -390,9 +382,7 @@ func TestLoopbackStreamSendHeld(t *testing.T) {
 			apply(t, store, opID, controlstore.SignalTerminate)
 			wantTerminated(t, recv(t, sent, "held SendMsg"), opID, controlstore.ScopeOp, opID)
 			wantTerminated(t, cs.RecvMsg(out), opID, controlstore.ScopeOp, opID)
-			if sErr := recv(t, ts.exited, "handler to end"); !errors.Is(sErr, context.Canceled) {
-				t.Fatalf("server handler ended with %v", sErr)
-			}
+			waitServerCancelled(t, ts, methodChat, 1)
 			eventually(t, "stream released", func() bool { return store.InFlight() == 0 })
 		})
 	}
@@ -401,7 +391,7 @@ func TestLoopbackStreamSendHeld(t *testing.T) {
 func TestLoopbackOpControlStreamNeverGated(t *testing.T) {
 	for _, m := range modes() {
 		t.Run(m.name, func(t *testing.T) {
-			ts := startServer(t)
+			ts := startServer(t, withOpControlStream())
 			store := newStore(t)
 			cc := dial(t, ts, interceptor.DialOptions(store, m.opt)...)
 			apply(t, store, controlstore.GlobalOpID, controlstore.SignalPause)

@@ -2,6 +2,7 @@ package interceptor
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 
 	"go.opentelemetry.io/otel/metric"
@@ -9,7 +10,7 @@ import (
 	"github.com/opcontrol/opcontrol/controlstore"
 )
 
-// Option configures the interceptors.
+// Option configures the interceptors. A nil Option is ignored.
 type Option func(*options)
 
 type options struct {
@@ -23,7 +24,9 @@ type options struct {
 func evaluateOptions(opts []Option) options {
 	o := options{inFlight: true, spanEvents: true}
 	for _, opt := range opts {
-		opt(&o)
+		if opt != nil {
+			opt(&o)
+		}
 	}
 	return o
 }
@@ -32,21 +35,19 @@ func evaluateOptions(opts []Option) options {
 // explicit op id (see ContextWithOpID). The default is the caller's span:
 // controlstore.OpFromSpanContext(trace.SpanContextFromContext(ctx)). Return
 // the zero Op for "no op"; such a call is still stopped by agent and global
-// halts. f must be cheap and safe for concurrent use. It panics when f is
-// nil.
+// halts. f must be cheap and safe for concurrent use. A nil f means the
+// default.
 func WithOpFunc(f func(ctx context.Context) controlstore.Op) Option {
-	if f == nil {
-		panic("interceptor: WithOpFunc needs a non-nil function")
-	}
 	return func(o *options) { o.opFunc = f }
 }
 
 // WithInFlightCancellation sets whether a call that is already running is
 // cancelled when its op, its agent or every agent is terminated (default
-// true). When on, every call is registered with the store for its lifetime,
-// which costs a cancellable context and a registration per call (see the
-// package benchmarks). When off, calls are only gated when they start (and
-// streams at every SendMsg).
+// true). When on, every call gets a cancellable context of its own and a
+// registration with the store for its lifetime, unless it runs under a
+// context made by ContextWithOpCancel for its op (see the package
+// documentation for what each costs). When off, calls are gated only when
+// they start, and streams also at every message.
 func WithInFlightCancellation(on bool) Option {
 	return func(o *options) { o.inFlight = on }
 }
@@ -61,17 +62,28 @@ func WithSpanEvents(on bool) Option {
 // WithExemptMethods exempts calls of the given full method names
 // ("/package.Service/Method") from op control. OpControlStreamMethod is always
 // exempt. For exemptions that depend on more than the method name, wrap the
-// interceptors in go-grpc-middleware's selector instead. It panics on a name
-// that does not start with '/' or has no method part: such a name could never
-// match.
+// interceptors in go-grpc-middleware's selector instead.
+//
+// A name that is not a full method name (it does not start with '/', or has
+// no service or method part) could never match a call: it is ignored, and
+// logged with log/slog's default logger.
 func WithExemptMethods(methods ...string) Option {
+	valid := make([]string, 0, len(methods))
 	for _, m := range methods {
-		if !strings.HasPrefix(m, "/") || strings.LastIndexByte(m, '/') < 2 || strings.HasSuffix(m, "/") {
-			panic("interceptor: WithExemptMethods needs full method names like \"/pkg.Service/Method\", got " + quote(m))
+		if !isFullMethod(m) {
+			slog.Warn("interceptor: WithExemptMethods: ignoring a name that is not a full method name and can never match", "name", m)
+			continue
 		}
+		valid = append(valid, m)
 	}
-	cp := append([]string(nil), methods...)
-	return func(o *options) { o.exempt = append(o.exempt, cp...) }
+	return func(o *options) { o.exempt = append(o.exempt, valid...) }
+}
+
+// isFullMethod reports whether m has the form "/service/method" with both
+// parts non-empty, as grpc passes method names to interceptors.
+func isFullMethod(m string) bool {
+	i := strings.LastIndexByte(m, '/')
+	return strings.HasPrefix(m, "/") && i > 1 && i < len(m)-1
 }
 
 // WithMeterProvider sets where the interceptors' metrics go (default: the

@@ -63,16 +63,37 @@ func mustPanic(t *testing.T, want string, f func()) {
 	f()
 }
 
+// A nil store is a programmer error and panics; options never panic on
+// data: a nil Option is ignored, WithOpFunc(nil) means the default, and an
+// exempt name that can never match is ignored.
 func TestConstructorsCannotBeMisused(t *testing.T) {
 	mustPanic(t, "controlstore.Store", func() { interceptor.UnaryClientInterceptor(nil) })
 	mustPanic(t, "controlstore.Store", func() { interceptor.StreamClientInterceptor(nil) })
 	mustPanic(t, "controlstore.Store", func() { interceptor.DialOptions(nil) })
-	mustPanic(t, "WithOpFunc", func() { interceptor.WithOpFunc(nil) })
-	for _, bad := range []string{"", "Echo", "pkg.Svc/Echo", "/pkg.Svc/", "/Echo", "//"} {
-		mustPanic(t, "full method names", func() { interceptor.WithExemptMethods(bad) })
+	mustPanic(t, "controlstore.Store", func() { interceptor.ContextWithOpCancel(context.Background(), nil) })
+
+	tr := newTracing(t)
+	store := newStore(t)
+	ctx, span, opID := tr.start(context.Background(), "op")
+	defer span.End()
+	apply(t, store, opID, controlstore.SignalTerminate)
+	opts := []interceptor.Option{
+		nil,
+		interceptor.WithOpFunc(nil),
+		interceptor.WithExemptMethods("", "Echo", "pkg.Svc/Echo", "/pkg.Svc/", "/Echo", "//", methodOther),
+		nil,
 	}
-	interceptor.WithExemptMethods(methodEcho, interceptor.OpControlStreamMethod) // fine
-	if n := len(interceptor.DialOptions(newStore(t))); n != 2 {
+	inv := &fakeInvoker{}
+	unary := interceptor.UnaryClientInterceptor(store, opts...)
+	// The default op (the span) still decides...
+	wantTerminated(t, unary(ctx, methodEcho, nil, nil, nil, inv.invoke), opID, controlstore.ScopeOp, opID)
+	// ...and the well-formed exempt name still exempts.
+	if err := unary(ctx, methodOther, nil, nil, nil, inv.invoke); err != nil || inv.calls.Load() != 1 {
+		t.Fatalf("exempt call: err %v, invoked %d times", err, inv.calls.Load())
+	}
+	_, err := interceptor.StreamClientInterceptor(store, opts...)(ctx, chatDesc, nil, methodChat, nil)
+	wantTerminated(t, err, opID, controlstore.ScopeOp, opID)
+	if n := len(interceptor.DialOptions(store, opts...)); n != 2 {
 		t.Fatalf("DialOptions returned %d options, want 2", n)
 	}
 }
