@@ -3,7 +3,6 @@ package controlstore
 import (
 	"context"
 	"sync"
-	"sync/atomic"
 
 	"github.com/opcontrol/opcontrol/internal/percpu"
 )
@@ -16,12 +15,14 @@ import (
 // op: a call registers in the shard of the P it runs on (percpu.Index), so
 // concurrent calls, of one op or of many, take different locks and write
 // different cache lines, and a call allocates nothing (its registration is
-// a reused slot). A terminate does the walking: it visits every shard and
-// cancels the calls it covers, skipping empty shards without locking.
+// a reused slot). A terminate does the walking: it locks every shard in turn
+// and cancels the calls it covers. (A lock-free "shard is empty" count
+// would let it skip shards, but would cost every call two more atomic
+// writes; terminates are rare.)
 //
 // Invariants:
 //   - A slot is in use iff its cancel is non-nil; in-use slots of a shard
-//     number live. Both change only under the shard's mu.
+//     number live. Everything in a shard changes only under its mu.
 //   - A slot's gen changes whenever it is freed, so a Call naming an older
 //     gen is stale and Release on it does nothing.
 //   - No user code (a cancel function) ever runs with a shard's lock held:
@@ -33,7 +34,7 @@ const callShards = percpu.Stripes
 
 type callShard struct {
 	mu    sync.Mutex
-	live  atomic.Int32 // slots in use; read without mu to skip empty shards
+	live  int // slots in use
 	slots []callSlot
 	free  []int32 // indices of free slots, used last-in first-out
 	// withCtx counts in-use slots that end by themselves when their
@@ -45,7 +46,7 @@ type callShard struct {
 type callSlot struct {
 	key    opKey
 	cancel context.CancelCauseFunc // nil: free
-	ctx    context.Context         // nil, or the context whose end ends the registration
+	ctx    errer                   // nil, or the context whose end ends the registration
 	gen    uint32
 }
 
@@ -84,13 +85,18 @@ func (s *Store) Track(op Op, cancel context.CancelCauseFunc) Call {
 // context that cancel cancels): the registration also ends once ctx is
 // done, even if Release is never called, as for a stream its application
 // abandoned by cancelling its context. Such registrations are reclaimed
-// lazily, when their shard needs room, by InFlight and by terminates, so
-// memory stays bounded by the peak number of calls in flight.
+// lazily, when their shard needs room and by InFlight, so memory stays
+// bounded by the peak number of calls in flight. ctx.Err is called with a
+// lock of the registry held: the standard library's contexts are fine; a
+// context of your own must not call into the store from Err.
 func (s *Store) TrackContext(ctx context.Context, op Op, cancel context.CancelCauseFunc) Call {
 	return s.track(ctx, op, cancel)
 }
 
-func (s *Store) track(ctx context.Context, op Op, cancel context.CancelCauseFunc) Call {
+// errer is the part of a context.Context that a registration watches.
+type errer interface{ Err() error }
+
+func (s *Store) track(ctx errer, op Op, cancel context.CancelCauseFunc) Call {
 	if cancel == nil {
 		panic("controlstore: Track needs a non-nil cancel function")
 	}
@@ -102,13 +108,14 @@ func (s *Store) track(ctx context.Context, op Op, cancel context.CancelCauseFunc
 	if ctx != nil {
 		sh.withCtx++
 	}
-	sh.live.Add(1)
+	sh.live++
 	c := Call{shard: sh, slot: i, gen: sl.gen}
 	sh.mu.Unlock()
 
 	// Apply sets state before it walks the shards, and we filled the slot
-	// (and live) before we read state: either Apply sees this call or we
-	// see its terminate.
+	// under the shard's lock before we read state: if Apply's walk locks
+	// this shard after us, it sees the slot; if before, our Check comes
+	// after its unlock, so after the state it set, and sees the terminate.
 	if te, ok := s.Check(op).(*TerminatedError); ok { //nolint:errorlint // Check returns the store's own errors, never wrapped
 		released := false
 		defer func() {
@@ -162,7 +169,7 @@ func (sh *callShard) release(i int32) {
 	}
 	*sl = callSlot{gen: sl.gen + 1}
 	sh.free = append(sh.free, i)
-	sh.live.Add(-1)
+	sh.live--
 }
 
 // Release ends the registration. It is safe to call more than once, and
@@ -185,14 +192,11 @@ func (s *Store) InFlight() int {
 	n := 0
 	for i := range s.calls {
 		sh := &s.calls[i]
-		if sh.live.Load() == 0 {
-			continue
-		}
 		sh.mu.Lock()
 		if sh.withCtx > 0 {
 			sh.reclaim()
 		}
-		n += int(sh.live.Load())
+		n += sh.live
 		sh.mu.Unlock()
 	}
 	return n
@@ -207,9 +211,6 @@ func (s *Store) cancelCalls(e *entry) {
 	var cancels []context.CancelCauseFunc
 	for i := range s.calls {
 		sh := &s.calls[i]
-		if sh.live.Load() == 0 {
-			continue
-		}
 		sh.mu.Lock()
 		for j := range sh.slots {
 			if sl := &sh.slots[j]; sl.cancel != nil && (every || sl.key == e.key) {

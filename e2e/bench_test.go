@@ -163,9 +163,18 @@ func BenchmarkSignalToEnforcement(b *testing.B) {
 
 // BenchmarkTerminateInFlight measures, from the gateway's Publish of a
 // terminate, how long a running Work call (its handler running on the tool
-// server) takes to return the terminated error. One op per signal: a
-// terminate is sticky.
+// server) takes to return the terminated error: with the call's own
+// registration (the default) and under a ContextWithOpCancel scope made for
+// the op. One op per signal: a terminate is sticky.
 func BenchmarkTerminateInFlight(b *testing.B) {
+	for _, scoped := range []bool{false, true} {
+		b.Run(map[bool]string{false: "per-call", true: "op-scoped"}[scoped], func(b *testing.B) {
+			benchTerminateInFlight(b, scoped)
+		})
+	}
+}
+
+func benchTerminateInFlight(b *testing.B, scoped bool) {
 	e := newEnv(b)
 	a := e.startAgent(b, agentConfig{gate: []interceptor.Option{interceptor.WithMeterProvider(noop.NewMeterProvider())}})
 	ops := newBenchOps(b)
@@ -177,6 +186,10 @@ func BenchmarkTerminateInFlight(b *testing.B) {
 	done := make(chan result, 1)
 	for b.Loop() {
 		ctx, opID, _ := ops.next()
+		end := context.CancelFunc(func() {})
+		if scoped {
+			ctx, end = interceptor.ContextWithOpCancel(ctx, a.store)
+		}
 		running := e.tools.Entered(toolserver.WorkMethod)
 		go func() {
 			err := a.tools.Work(ctx, longWork)
@@ -191,6 +204,7 @@ func BenchmarkTerminateInFlight(b *testing.B) {
 		case <-time.After(waitFor):
 			b.Fatal("in-flight Work not cancelled")
 		}
+		end()
 		if !errors.Is(r.err, controlstore.ErrTerminated) {
 			b.Fatalf("in-flight Work ended with %v", r.err)
 		}
@@ -201,10 +215,15 @@ func BenchmarkTerminateInFlight(b *testing.B) {
 
 // BenchmarkEchoOverhead is a real unary RPC over loopback (the tool server's
 // Echo, under a real recording SDK span) bare and through
-// interceptor.DialOptions with in-flight cancellation on and off. Every
-// iteration makes one call on each connection, in an order that rotates, so
-// that the drift of a loaded machine hits all of them alike; each reports its
-// median call and its overhead in percent of the bare median.
+// interceptor.DialOptions in every mode: the default (in-flight
+// cancellation on, a context and a registration per call), in-flight
+// cancellation off, and op-scoped (the same default gate, called under a
+// ContextWithOpCancel scope made once for the op). Every iteration makes
+// one call on each connection, in an order that rotates, so that the drift
+// of a loaded machine hits all of them alike; each reports its median call,
+// its overhead in percent of the bare median, and its allocations per call
+// (the process's, so the bare call's include gRPC's and the server's; the
+// difference is the gate's).
 //
 // store=quiet: nothing signalled (a fresh process). store=armed: another op
 // is terminated, as after any terminate (they are sticky), so the gate
@@ -232,17 +251,6 @@ func benchEchoOverhead(b *testing.B, armed, cancellable bool) {
 		_, _, other := tr.op(b, "other-op")
 		e.signal(b, a, other, controlstore.SignalTerminate)
 	}
-	noMetrics := interceptor.WithMeterProvider(noop.NewMeterProvider())
-	conns := []struct {
-		name string
-		c    *toolserver.Client
-		d    []time.Duration
-	}{
-		{name: "bare", c: toolserver.NewClient(dial(b, e.tools.Addr()))},
-		{name: "gated", c: toolserver.NewClient(dial(b, e.tools.Addr(), interceptor.DialOptions(a.store, noMetrics)...))},
-		{name: "gated-inflight-off", c: toolserver.NewClient(dial(b, e.tools.Addr(),
-			interceptor.DialOptions(a.store, noMetrics, interceptor.WithInFlightCancellation(false))...))},
-	}
 	ctx, span, _ := tr.op(b, "op")
 	if !span.IsRecording() {
 		b.Fatal("the caller's span must be a recording SDK span")
@@ -252,10 +260,33 @@ func benchEchoOverhead(b *testing.B, armed, cancellable bool) {
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
 	}
+	scoped, done := interceptor.ContextWithOpCancel(ctx, a.store)
+	defer done()
+	noMetrics := interceptor.WithMeterProvider(noop.NewMeterProvider())
+	gated := toolserver.NewClient(dial(b, e.tools.Addr(), interceptor.DialOptions(a.store, noMetrics)...))
+	conns := []struct {
+		name string
+		c    *toolserver.Client
+		ctx  context.Context
+		d    []time.Duration
+	}{
+		{name: "bare", c: toolserver.NewClient(dial(b, e.tools.Addr())), ctx: ctx},
+		{name: "gated", c: gated, ctx: ctx},
+		{name: "gated-inflight-off", c: toolserver.NewClient(dial(b, e.tools.Addr(),
+			interceptor.DialOptions(a.store, noMetrics, interceptor.WithInFlightCancellation(false))...)), ctx: ctx},
+		{name: "gated-op-scoped", c: gated, ctx: scoped},
+	}
+	allocs := make([]float64, len(conns))
 	for i := range conns {
-		if _, err := conns[i].c.Echo(ctx, "warm-up"); err != nil {
+		c := &conns[i]
+		if _, err := c.c.Echo(c.ctx, "warm-up"); err != nil {
 			b.Fatal(err)
 		}
+		allocs[i] = testing.AllocsPerRun(500, func() {
+			if _, err := c.c.Echo(c.ctx, "x"); err != nil {
+				b.Fatal(err)
+			}
+		})
 	}
 	r := 0
 	for b.Loop() {
@@ -263,10 +294,13 @@ func benchEchoOverhead(b *testing.B, armed, cancellable bool) {
 		for k := range conns {
 			c := &conns[(r+k)%len(conns)]
 			t0 := time.Now()
-			if _, err := c.c.Echo(ctx, "x"); err != nil {
+			if _, err := c.c.Echo(c.ctx, "x"); err != nil {
 				b.Fatal(err)
 			}
 			c.d = append(c.d, time.Since(t0))
+		}
+		if r%1024 == 0 {
+			e.tools.Reset() // the server's records are not what is measured
 		}
 	}
 	med := make([]time.Duration, len(conns))
@@ -274,8 +308,10 @@ func benchEchoOverhead(b *testing.B, armed, cancellable bool) {
 		slices.Sort(conns[i].d)
 		med[i] = conns[i].d[len(conns[i].d)/2]
 		b.ReportMetric(float64(med[i].Nanoseconds()), conns[i].name+"-ns")
+		b.ReportMetric(allocs[i], conns[i].name+"-allocs")
 	}
 	for i := 1; i < len(conns); i++ {
 		b.ReportMetric(100*float64(med[i]-med[0])/float64(med[0]), conns[i].name+"-overhead-%")
+		b.ReportMetric(allocs[i]-allocs[0], conns[i].name+"-extra-allocs")
 	}
 }

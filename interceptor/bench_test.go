@@ -81,7 +81,7 @@ var gateModes = []gateMode{
 
 // callerCtx is the context a caller of mode passes: ctx, or ctx wrapped by
 // ContextWithOpCancel once (per op, not per call).
-func (m gateMode) callerCtx(b *testing.B, store *controlstore.Store, ctx context.Context) context.Context {
+func (m gateMode) callerCtx(ctx context.Context, b *testing.B, store *controlstore.Store) context.Context {
 	if !m.scoped {
 		return ctx
 	}
@@ -109,7 +109,7 @@ func BenchmarkUnary(b *testing.B) {
 					store := newStore(b)
 					fill(b, store, entries)
 					unary := interceptor.UnaryClientInterceptor(store, append(m.opts, interceptor.WithMeterProvider(meters.mp()))...)
-					ctx := m.callerCtx(b, store, spanCtx(1))
+					ctx := m.callerCtx(spanCtx(1), b, store)
 					b.ReportAllocs()
 					for b.Loop() {
 						if err := unary(ctx, methodEcho, nil, nil, nil, noopInvoker); err != nil {
@@ -146,7 +146,7 @@ func BenchmarkUnaryParallel(b *testing.B) {
 					unary := interceptor.UnaryClientInterceptor(store,
 						append(m.opts, interceptor.WithMeterProvider(noop.NewMeterProvider()))...)
 					var seq atomic.Uint64
-					shared := m.callerCtx(b, store, spanCtx(1))
+					shared := m.callerCtx(spanCtx(1), b, store)
 					b.ReportAllocs()
 					b.RunParallel(func(pb *testing.PB) {
 						var ctx context.Context
@@ -218,10 +218,12 @@ func interleave(b *testing.B, block int, vs []variant) {
 }
 
 // BenchmarkUnaryInterleaved compares, in one loop, a call with no gate (the
-// no-op invoker alone), the default (in-flight cancellation on), in-flight
-// cancellation off, and the op-scoped path (ContextWithOpCancel), nothing
-// signalled and with 4,096 active entries of other ops; the caller's
-// context is a cancellable request context with a span.
+// no-op invoker alone), the context package's floor for a per-call
+// cancellable context (ctx-floor), the default (in-flight cancellation on),
+// in-flight cancellation off, and the op-scoped path (ContextWithOpCancel),
+// nothing signalled and with 4,096 active entries of other ops; the
+// caller's context is a cancellable request context with a span. What is
+// the gate's own in the default is default minus ctx-floor.
 func BenchmarkUnaryInterleaved(b *testing.B) {
 	for _, entries := range []int{0, 4096} {
 		b.Run(fmt.Sprintf("entries=%d", entries), func(b *testing.B) {
@@ -241,8 +243,15 @@ func BenchmarkUnaryInterleaved(b *testing.B) {
 					}
 				}
 			}
-			interleave(b, 64, []variant{
+			interleave(b, 256, []variant{
 				{"bare", func() { _ = noopInvoker(ctx, methodEcho, nil, nil, nil) }},
+				// The context package's floor under any per-call
+				// cancellable context: derive one, cancel it.
+				{"ctx-floor", func() {
+					c, cancel := context.WithCancelCause(ctx)
+					_ = noopInvoker(c, methodEcho, nil, nil, nil)
+					cancel(nil)
+				}},
 				{"default", call(on, ctx)},
 				{"inflight-off", call(off, ctx)},
 				{"op-scoped", call(on, scoped)},
@@ -265,7 +274,7 @@ func BenchmarkStreamOpen(b *testing.B) {
 			stream := interceptor.StreamClientInterceptor(store,
 				append(m.opts, interceptor.WithMeterProvider(noop.NewMeterProvider()))...)
 			desc := &grpc.StreamDesc{ServerStreams: true}
-			ctx := m.callerCtx(b, store, spanCtx(1))
+			ctx := m.callerCtx(spanCtx(1), b, store)
 			b.ReportAllocs()
 			for b.Loop() {
 				cs, err := stream(ctx, desc, nil, methodWatch, streamer)
@@ -300,7 +309,7 @@ func BenchmarkStreamOpenInterleaved(b *testing.B) {
 			_ = cs.RecvMsg(nil)
 		}
 	}
-	interleave(b, 32, []variant{
+	interleave(b, 64, []variant{
 		{"inflight-off", open(off, ctx)},
 		{"default", open(on, ctx)},
 		{"op-scoped", open(on, scoped)},
@@ -323,7 +332,7 @@ func BenchmarkOpScopePerSpan(b *testing.B) {
 	store := newStore(b)
 	parent, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	interleave(b, 32, []variant{
+	interleave(b, 64, []variant{
 		{"span", func() {
 			_, span := tracer.Start(parent, "op")
 			span.End()

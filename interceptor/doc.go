@@ -36,32 +36,81 @@
 //
 // Every error is an *Error: a gRPC status error (status.Code and
 // status.FromError work on it) carrying an errdetails.ErrorInfo with domain
-// "opcontrol", which also wraps the controlstore error that decided (so
-// errors.Is and errors.As work). ErrorInfo metadata always holds "op_id", the
-// caller's op id ("" for none).
+// ErrorDomain ("opcontrol"), which also wraps the controlstore error that
+// decided (so errors.Is and errors.As work). This table is the contract;
+// README and the Error type only summarise it.
 //
-//	situation                          code                reason                  errors.Is
-//	op, agent or all terminated,       FailedPrecondition  OP_TERMINATED           controlstore.ErrTerminated
-//	  before or while the call runs                        (+ scope, terminated_id)
-//	held while paused, context ended   DeadlineExceeded /  OP_PAUSED               controlstore.ErrPaused and
-//	  first (message names the op)     Canceled            (+ scope, paused_id)    the context error
-//	failing closed (subscriber blind), Unavailable         OP_CONTROL_UNAVAILABLE  controlstore.ErrUnavailable
-//	  or held op evicted                                   (+ evicted_id)
+//	situation                            code                 reason (ErrorInfo)       errors.Is
+//	op, agent or all terminated, before  FailedPrecondition   OP_TERMINATED            controlstore.ErrTerminated
+//	  the call or while it runs                               scope, terminated_id
+//	held while paused, and the caller's  DeadlineExceeded or  OP_PAUSED                controlstore.ErrPaused and
+//	  context ended first                Canceled (as ctx)    scope, paused_id         the context error
+//	failing closed (subscriber blind)    Unavailable          OP_CONTROL_UNAVAILABLE   controlstore.ErrUnavailable
+//	held op's entry evicted              Unavailable          OP_CONTROL_UNAVAILABLE   controlstore.ErrEvicted and
+//	                                                          evicted_id                 ErrUnavailable
 //
-// The invoker (or streamer) is never called for a refused call. A running
-// unary call cancelled by a terminate returns the terminated error, not a
-// bare Canceled. A stream is gated when it opens; each SendMsg is held while
-// the op is paused; on terminate the stream's context is cancelled and later
-// SendMsg, RecvMsg and Header return the terminated error. A stream's
-// registration ends when gRPC says the stream is over (RecvMsg returns an
-// error, Header or SendMsg a non-EOF error) or when its context is done;
-// like gRPC itself, a stream that is neither drained nor cancelled stays
-// registered until its context ends.
+// ErrorInfo metadata always holds "op_id", the caller's op id ("" for
+// none); the other keys are the Metadata constants. No other pair of code
+// and reason occurs.
 //
-// With WithInFlightCancellation(false), calls are gated only when they start
-// and streams when they open and at each SendMsg (a SendMsg that finds the
-// op terminated also ends the stream); a terminate does not cancel a running
-// unary call or a stream waiting in RecvMsg.
+// A refused call never reaches the invoker (or streamer). A running call
+// that a terminate cancels returns the terminated error, not a bare
+// Canceled. A terminate is reported only when the store terminated the
+// call's own op, agent or fleet: a call whose context ends for another
+// reason keeps its own error, even when the cause wraps another op's
+// *controlstore.TerminatedError (as errgroup.WithContext's does when a
+// sibling call was terminated); so does a held call.
+//
+// # Streams
+//
+// A stream is gated when it opens, and each SendMsg is held while the op is
+// paused. Once the store has applied a terminate of the stream's op,
+// SendMsg, RecvMsg and Header return the terminated error, in either mode:
+// no message that gRPC had already received is delivered after it, and
+// Header returns no metadata (gRPC's own Header never reports an error;
+// the gate does for this one). Without in-flight cancellation the gate
+// cancels the stream when one of these calls first finds the terminate, so
+// the server sees it end too; with it, the terminate cancels the stream at
+// once, waking a RecvMsg that waits.
+//
+// A stream's registration ends when gRPC says the stream is over (RecvMsg
+// returns an error, or a non-server-streaming stream's reply; SendMsg a
+// non-EOF error) or when its context is done, so a stream the application
+// abandons by cancelling its context is released. Like gRPC itself, a
+// stream that is neither drained nor cancelled lives until its context
+// ends.
+//
+// # In-flight cancellation and what it costs
+//
+// In-flight cancellation (WithInFlightCancellation, on by default) is what
+// makes a terminate kill a call that is already running. It needs a
+// context that the store can cancel under each running call, and there are
+// two ways to have one:
+//
+//   - Per call (the default, no call-site change): each call gets
+//     context.WithCancelCause of the caller's context and a registration
+//     with the store. The registration allocates nothing and takes only a
+//     lock of the processor it runs on, so concurrent calls, of one op or
+//     of many, share no lock and no cache line; the context costs what
+//     Go's context package costs (two allocations, and gRPC then links its
+//     own per-call context under it: about 5 allocations per RPC in all).
+//   - Per op (ContextWithOpCancel): one cancellable context made where the
+//     op starts and registered once. The gate recognises it in the lookup
+//     that finds the op and passes it through: a call costs what it costs
+//     with in-flight cancellation off, and gRPC's context joins the op
+//     context's children as it would join the caller's.
+//
+// With WithInFlightCancellation(false), calls are gated only when they
+// start (and stream messages when they are sent); a terminate does not
+// cancel a running unary call. Calls under a ContextWithOpCancel scope are
+// still cancelled by it, since the scope, not the gate, registered them.
+//
+// While nothing is signalled, with in-flight cancellation off, a call costs
+// a method-name comparison, one atomic load and a per-processor count, and
+// allocates nothing. Once something is signalled (terminates are sticky, so
+// usually for the rest of the process) the op is resolved from the context
+// and looked up without locks or allocations. BENCHMARKS.md in the
+// repository has the figures.
 //
 // # Chain placement
 //
@@ -81,23 +130,14 @@
 //   - go-grpc-middleware's selector may wrap the interceptors to exempt calls
 //     chosen at run time; WithExemptMethods exempts by method name.
 //
-// # Cost
-//
-// While nothing is signalled, with in-flight cancellation off, a call costs
-// a method-name comparison, one atomic load and an atomic add, and
-// allocates nothing. Once something is signalled (terminates are sticky, so
-// usually for the rest of the process) the op is resolved from the context
-// and looked up without locks or allocations. With in-flight cancellation on
-// (the default) every call also gets a cancellable context and a store
-// registration: 3 allocations. See the package benchmarks.
-//
 // # Observability
 //
 // Through the OpenTelemetry API. On the caller's span, the events
 // "opcontrol.held" (with the hold duration and how it ended),
 // "opcontrol.denied" and "opcontrol.cancelled"; WithSpanEvents turns them
 // off. Metrics (see WithMeterProvider): MetricDecisions, an observable
-// counter fed by atomics so that counting costs no more than an atomic add;
-// MetricHoldDuration; MetricInFlightCancelled. Metric attributes never
-// contain op ids.
+// counter fed by per-processor atomics; MetricHoldDuration;
+// MetricInFlightCancelled. Metric attributes never contain op ids.
+// Instruments that cannot be created are no-ops, reported once to
+// otel.Handle.
 package interceptor

@@ -117,8 +117,8 @@ func (g *gate) unary(ctx context.Context, method string, req, reply any, cc *grp
 		return g.ran(ctx, op, false, invoker(ctx, method, req, reply, cc, opts...))
 	}
 
-	op := g.op(ctx)
-	if g.scoped(ctx, op) {
+	op, scoped := g.resolve(ctx)
+	if scoped {
 		// ContextWithOpCancel: a terminate of op cancels ctx already, and
 		// gRPC's per-call context joins ctx's children as on a bare call.
 		if err := g.admit(ctx, op, true, false); err != nil {
@@ -126,6 +126,14 @@ func (g *gate) unary(ctx context.Context, method string, req, reply any, cc *grp
 		}
 		return g.ran(ctx, op, true, invoker(ctx, method, req, reply, cc, opts...))
 	}
+	return g.unaryTracked(ctx, op, method, req, reply, cc, invoker, opts)
+}
+
+// unaryTracked runs a call of op with a cancellable context of its own,
+// registered with the store for the call's lifetime. It is kept apart, with
+// one return, so that its defers are open-coded (a few ns, not a deferred
+// record per call).
+func (g *gate) unaryTracked(ctx context.Context, op controlstore.Op, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) (err error) {
 	// Register first, check second: a terminate that lands before Track is
 	// seen by the check (Track's or admit's), one that lands after cancels
 	// callCtx.
@@ -133,10 +141,10 @@ func (g *gate) unary(ctx context.Context, method string, req, reply any, cc *grp
 	defer cancel(nil)
 	call := g.store.Track(op, cancel)
 	defer call.Release()
-	if err := g.admit(ctx, op, true, false); err != nil {
-		return err
+	if err = g.admit(ctx, op, true, false); err == nil {
+		err = g.ran(ctx, op, true, invoker(callCtx, method, req, reply, cc, opts...))
 	}
-	return g.ran(ctx, op, true, invoker(callCtx, method, req, reply, cc, opts...))
+	return err
 }
 
 // ran returns what a call of op that ran returns: its own err, or the
@@ -149,7 +157,7 @@ func (g *gate) ran(ctx context.Context, op controlstore.Op, covered bool, err er
 	if err == nil || !g.store.Armed() {
 		return err
 	}
-	if !covered && !g.scoped(ctx, op) {
+	if !covered && !g.scopedFor(ctx, op) {
 		return err
 	}
 	te := g.terminated(op)
@@ -157,6 +165,13 @@ func (g *gate) ran(ctx context.Context, op controlstore.Op, covered bool, err er
 		return err
 	}
 	return g.cancelled(ctx, op, te)
+}
+
+// scopedFor reports whether ctx is a ContextWithOpCancel scope of op for
+// this gate's store. Error paths only.
+func (g *gate) scopedFor(ctx context.Context, op controlstore.Op) bool {
+	v, _ := ctx.Value(opValueKey{}).(*opValue)
+	return v != nil && v.store == g.store && v.op == op
 }
 
 // terminated returns the store's *TerminatedError for op, or nil when no
@@ -186,7 +201,7 @@ func (g *gate) admit(ctx context.Context, op controlstore.Op, perCall, covered b
 			// ctx ended while held. If it ended because the store
 			// terminated op, that is the verdict; any other cause,
 			// whatever it wraps, is the caller's.
-			if te := g.terminated(op); te != nil && (covered || g.scoped(ctx, op)) {
+			if te := g.terminated(op); te != nil && (covered || g.scopedFor(ctx, op)) {
 				err = te
 			}
 		}

@@ -8,8 +8,20 @@ import (
 	"github.com/opcontrol/opcontrol/controlstore"
 )
 
-// opIDKey is the context key of an explicit op.
-type opIDKey struct{}
+// opValueKey is the context key of an *opValue.
+type opValueKey struct{}
+
+// opValue is what ContextWithOpID and ContextWithOpCancel put in a context,
+// under one key so that a call finds the innermost of them with one lookup.
+type opValue struct {
+	op controlstore.Op
+	// explicit: op was named with ContextWithOpID (here or, for a scope,
+	// further up), so it takes precedence over WithOpFunc and the span.
+	explicit bool
+	// store is set by ContextWithOpCancel: the context under this value
+	// is cancelled by a terminate of op recorded in store.
+	store *controlstore.Store
+}
 
 // ContextWithOpID returns a copy of ctx whose gated calls belong to the op
 // with the gateway op id id, whatever span ctx carries. Use it when the
@@ -24,32 +36,35 @@ type opIDKey struct{}
 // Precedence, per call: the op id set by ContextWithOpID, then the function
 // given to WithOpFunc, then the caller's span.
 func ContextWithOpID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, opIDKey{}, controlstore.OpFromID(id))
+	return context.WithValue(ctx, opValueKey{}, &opValue{op: controlstore.OpFromID(id), explicit: true})
 }
 
-// op returns the op of a call: one or two context lookups.
-func (g *gate) op(ctx context.Context) controlstore.Op { return opOf(ctx, g.opFunc) }
+// resolve returns the op of a call and whether ctx is a ContextWithOpCancel
+// scope of that op for this gate's store: two context lookups (ours, then
+// the span's unless an explicit op decides).
+func (g *gate) resolve(ctx context.Context) (op controlstore.Op, scoped bool) {
+	v, _ := ctx.Value(opValueKey{}).(*opValue)
+	op = opOf(ctx, v, g.opFunc)
+	return op, v != nil && v.store == g.store && v.op == op
+}
 
-// opOf finds the op of ctx in the documented order of precedence; f is the
-// function given to WithOpFunc, or nil.
-func opOf(ctx context.Context, f func(context.Context) controlstore.Op) controlstore.Op {
-	if op, ok := ctx.Value(opIDKey{}).(controlstore.Op); ok && !op.IsZero() {
-		return op
+// op returns the op of a call.
+func (g *gate) op(ctx context.Context) controlstore.Op {
+	op, _ := g.resolve(ctx)
+	return op
+}
+
+// opOf finds the op of ctx in the documented order of precedence; v is
+// ctx's *opValue (or nil) and f the function given to WithOpFunc (or nil).
+func opOf(ctx context.Context, v *opValue, f func(context.Context) controlstore.Op) controlstore.Op {
+	if v != nil && v.explicit && !v.op.IsZero() {
+		return v.op
 	}
 	if f != nil {
 		return f(ctx)
 	}
 	return controlstore.OpFromSpanContext(trace.SpanContextFromContext(ctx))
 }
-
-// opScope is the context value of ContextWithOpCancel: the context below
-// it is cancelled by a terminate of op recorded in store.
-type opScope struct {
-	store *controlstore.Store
-	op    controlstore.Op
-}
-
-type opScopeKey struct{}
 
 // ContextWithOpCancel returns a copy of ctx that store cancels when the op
 // of ctx, this agent or every agent is terminated, with the
@@ -65,31 +80,28 @@ type opScopeKey struct{}
 //	ctx, done := interceptor.ContextWithOpCancel(ctx, store)
 //	defer done()
 //
-// A gate of the same store sees, with one context lookup, that such a call
-// is already covered, and passes its context through to gRPC unchanged: no
-// cancellable context and no registration of its own. The op is found as a
-// gate without WithOpFunc finds it (ContextWithOpID, then the span); a call
-// whose gate finds another op, or a call gated by another store, is gated
-// as without it. A terminate cancels every call running under the context,
-// so use one per op. It panics when store is nil.
+// A gate of the same store sees, in the lookup that finds the call's op,
+// that such a call is already covered, and passes its context through to
+// gRPC unchanged: no cancellable context and no registration of its own.
+// The op is found as a gate without WithOpFunc finds it (ContextWithOpID,
+// then the span). A call whose gate finds another op (a child span started
+// under the scope, WithOpFunc, a ContextWithOpID inside it), or a call
+// gated by another store, is gated as without it. A terminate cancels every
+// call running under the context, so use one per op. It panics when store
+// is nil.
 func ContextWithOpCancel(ctx context.Context, store *controlstore.Store) (context.Context, context.CancelFunc) {
 	if store == nil {
 		panic("interceptor: ContextWithOpCancel needs a non-nil *controlstore.Store")
 	}
-	op := opOf(ctx, nil)
+	outer, _ := ctx.Value(opValueKey{}).(*opValue)
+	v := &opValue{op: opOf(ctx, outer, nil), store: store}
+	v.explicit = outer != nil && outer.explicit && !outer.op.IsZero()
 	// The value sits under the cancellable context, so that gRPC's per-call
 	// context finds the cancelCtx first and joins its children.
-	ctx, cancel := context.WithCancelCause(context.WithValue(ctx, opScopeKey{}, &opScope{store: store, op: op}))
-	call := store.TrackContext(ctx, op, cancel)
+	ctx, cancel := context.WithCancelCause(context.WithValue(ctx, opValueKey{}, v))
+	call := store.TrackContext(ctx, v.op, cancel)
 	return ctx, func() {
 		call.Release()
 		cancel(nil)
 	}
-}
-
-// scoped reports whether ctx comes from ContextWithOpCancel for op and
-// this gate's store, so that a terminate of op already cancels it.
-func (g *gate) scoped(ctx context.Context, op controlstore.Op) bool {
-	sc, ok := ctx.Value(opScopeKey{}).(*opScope)
-	return ok && sc.store == g.store && sc.op == op
 }

@@ -16,9 +16,9 @@ func (g *gate) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clien
 	if g.isExempt(method) {
 		return streamer(ctx, desc, cc, method, opts...)
 	}
-	op := g.op(ctx)
+	op, scoped := g.resolve(ctx)
 	s := &clientStream{g: g, ctx: ctx, op: op, serverStreams: desc.ServerStreams}
-	if !g.scoped(ctx, op) {
+	if !scoped {
 		// The stream gets a context of its own, so that the gate can end
 		// it when it finds its op terminated, and (in flight) so that a
 		// terminate cancels it. With ContextWithOpCancel, ctx is that
