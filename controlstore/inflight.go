@@ -34,9 +34,9 @@ const callShards = percpu.Stripes
 
 type callShard struct {
 	mu    sync.Mutex
-	live  int // slots in use
+	free  int32 // index of the first free slot, -1 for none (after grow)
+	live  int32 // slots in use
 	slots []callSlot
-	free  []int32 // indices of free slots, used last-in first-out
 	// withCtx counts in-use slots that end by themselves when their
 	// context is done; only then is there anything to reclaim.
 	withCtx int
@@ -48,6 +48,7 @@ type callSlot struct {
 	cancel context.CancelCauseFunc // nil: free
 	ctx    errer                   // nil, or the context whose end ends the registration
 	gen    uint32
+	next   int32 // while free: the next free slot, -1 for none
 }
 
 // Call is the registration of an in-flight call, returned by Track and
@@ -130,23 +131,27 @@ func (s *Store) track(ctx errer, op Op, cancel context.CancelCauseFunc) Call {
 }
 
 // alloc returns a free slot, reclaiming the slots of ended contexts or
-// growing the shard when there is none. Under mu.
+// growing the shard when there is none. Under mu. The free slots form a
+// list threaded through the slots themselves, so that taking one touches
+// only the slot that is about to be written anyway.
 func (sh *callShard) alloc() int32 {
-	if len(sh.free) == 0 && sh.withCtx > 0 {
+	if len(sh.slots) == 0 {
+		sh.free = -1 // the zero shard has no slots
+	}
+	if sh.free < 0 && sh.withCtx > 0 {
 		sh.reclaim()
 	}
-	if len(sh.free) == 0 {
+	if sh.free < 0 {
 		// Double, so that reclaiming (a scan of the shard) is amortised
 		// over as many registrations as the shard holds.
 		n := len(sh.slots)
-		grow := max(n, 8)
-		sh.slots = append(sh.slots, make([]callSlot, grow)...)
-		for i := n + grow - 1; i >= n; i-- {
-			sh.free = append(sh.free, int32(i))
+		sh.slots = append(sh.slots, make([]callSlot, max(n, 8))...)
+		for i := len(sh.slots) - 1; i >= n; i-- {
+			sh.slots[i].next, sh.free = sh.free, int32(i)
 		}
 	}
-	i := sh.free[len(sh.free)-1]
-	sh.free = sh.free[:len(sh.free)-1]
+	i := sh.free
+	sh.free = sh.slots[i].next
 	return i
 }
 
@@ -167,8 +172,8 @@ func (sh *callShard) release(i int32) {
 	if sl.ctx != nil {
 		sh.withCtx--
 	}
-	*sl = callSlot{gen: sl.gen + 1}
-	sh.free = append(sh.free, i)
+	*sl = callSlot{gen: sl.gen + 1, next: sh.free}
+	sh.free = i
 	sh.live--
 }
 
@@ -196,7 +201,7 @@ func (s *Store) InFlight() int {
 		if sh.withCtx > 0 {
 			sh.reclaim()
 		}
-		n += sh.live
+		n += int(sh.live)
 		sh.mu.Unlock()
 	}
 	return n

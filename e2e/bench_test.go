@@ -20,6 +20,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/opcontrol/opcontrol/controlstore"
 	"github.com/opcontrol/opcontrol/interceptor"
@@ -214,16 +215,17 @@ func benchTerminateInFlight(b *testing.B, scoped bool) {
 }
 
 // BenchmarkEchoOverhead is a real unary RPC over loopback (the tool server's
-// Echo, under a real recording SDK span) bare and through
-// interceptor.DialOptions in every mode: the default (in-flight
-// cancellation on, a context and a registration per call), in-flight
-// cancellation off, and op-scoped (the same default gate, called under a
-// ContextWithOpCancel scope made once for the op). Every iteration makes
-// one call on each connection, in an order that rotates, so that the drift
-// of a loaded machine hits all of them alike; each reports its median call,
-// its overhead in percent of the bare median, and its allocations per call
-// (the process's, so the bare call's include gRPC's and the server's; the
-// difference is the gate's).
+// Echo, under a real recording SDK span), bare and through the gate in every
+// mode: the default (in-flight cancellation on: a context and a
+// registration per call), in-flight cancellation off, and op-scoped (the
+// default gate, called under a ContextWithOpCancel scope made once for the
+// op). All four go over one connection, interleaved call by call in an
+// order that rotates, so that neither a connection's own speed nor the
+// drift of a loaded machine favours one: the connection's one interceptor
+// hands each call to the gate of its variant (bare: straight to gRPC). Each
+// variant reports its median call, its overhead in percent of the bare
+// median, and its allocations per call (the process's, so the bare call's
+// include gRPC's and the server's; the difference is the gate's).
 //
 // store=quiet: nothing signalled (a fresh process). store=armed: another op
 // is terminated, as after any terminate (they are sticky), so the gate
@@ -232,7 +234,7 @@ func benchTerminateInFlight(b *testing.B, scoped bool) {
 // ctx=cancellable: the caller's context can be cancelled (a request context,
 // a deadline), as an agent's tool calls usually are. ctx=background: it
 // cannot; then in-flight cancellation gives gRPC the first cancellable
-// context of the call, which costs gRPC more than the gate itself.
+// context of the call.
 func BenchmarkEchoOverhead(b *testing.B) {
 	for _, armed := range []bool{false, true} {
 		for _, cancellable := range []bool{true, false} {
@@ -241,6 +243,30 @@ func BenchmarkEchoOverhead(b *testing.B) {
 			b.Run(name, func(b *testing.B) { benchEchoOverhead(b, armed, cancellable) })
 		}
 	}
+}
+
+// via is a call option naming the gate a call goes through (nil: none).
+type via struct {
+	grpc.EmptyCallOption
+	gate grpc.UnaryClientInterceptor
+}
+
+// dispatch is the benchmark connection's one interceptor: it runs the gate
+// that the call's via names, or the call itself.
+func dispatch(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	for _, o := range opts {
+		if v, ok := o.(via); ok && v.gate != nil {
+			return v.gate(ctx, method, req, reply, cc, invoker, opts...)
+		}
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// ctxFloor derives a cancellable context per call and nothing else.
+func ctxFloor(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	return invoker(ctx, method, req, reply, cc, opts...)
 }
 
 func benchEchoOverhead(b *testing.B, armed, cancellable bool) {
@@ -263,55 +289,58 @@ func benchEchoOverhead(b *testing.B, armed, cancellable bool) {
 	scoped, done := interceptor.ContextWithOpCancel(ctx, a.store)
 	defer done()
 	noMetrics := interceptor.WithMeterProvider(noop.NewMeterProvider())
-	gated := toolserver.NewClient(dial(b, e.tools.Addr(), interceptor.DialOptions(a.store, noMetrics)...))
-	conns := []struct {
+	on := interceptor.UnaryClientInterceptor(a.store, noMetrics)
+	off := interceptor.UnaryClientInterceptor(a.store, noMetrics, interceptor.WithInFlightCancellation(false))
+	conn := dial(b, e.tools.Addr(), grpc.WithChainUnaryInterceptor(dispatch))
+	variants := []struct {
 		name string
-		c    *toolserver.Client
 		ctx  context.Context
+		via  via
 		d    []time.Duration
 	}{
-		{name: "bare", c: toolserver.NewClient(dial(b, e.tools.Addr())), ctx: ctx},
-		{name: "gated", c: gated, ctx: ctx},
-		{name: "gated-inflight-off", c: toolserver.NewClient(dial(b, e.tools.Addr(),
-			interceptor.DialOptions(a.store, noMetrics, interceptor.WithInFlightCancellation(false))...)), ctx: ctx},
-		{name: "gated-op-scoped", c: gated, ctx: scoped},
+		{name: "bare", ctx: ctx},
+		{name: "gated", ctx: ctx, via: via{gate: on}},
+		{name: "gated-inflight-off", ctx: ctx, via: via{gate: off}},
+		{name: "gated-op-scoped", ctx: scoped, via: via{gate: on}},
+		// The context package's floor under any per-call cancellable
+		// context, and what a call costs in the op scope's context alone.
+		{name: "ctx-floor", ctx: ctx, via: via{gate: ctxFloor}},
+		{name: "bare-in-scope", ctx: scoped},
 	}
-	allocs := make([]float64, len(conns))
-	for i := range conns {
-		c := &conns[i]
-		if _, err := c.c.Echo(c.ctx, "warm-up"); err != nil {
+	in, out := wrapperspb.String("x"), new(wrapperspb.StringValue)
+	call := func(i int) {
+		v := &variants[i]
+		if err := conn.Invoke(v.ctx, toolserver.EchoMethod, in, out, v.via); err != nil {
 			b.Fatal(err)
 		}
-		allocs[i] = testing.AllocsPerRun(500, func() {
-			if _, err := c.c.Echo(c.ctx, "x"); err != nil {
-				b.Fatal(err)
-			}
-		})
+	}
+	allocs := make([]float64, len(variants))
+	for i := range variants {
+		call(i) // connect and warm up outside the timing
+		allocs[i] = testing.AllocsPerRun(500, func() { call(i) })
 	}
 	r := 0
 	for b.Loop() {
 		r++
-		for k := range conns {
-			c := &conns[(r+k)%len(conns)]
+		for k := range variants {
+			i := (r + k) % len(variants)
 			t0 := time.Now()
-			if _, err := c.c.Echo(c.ctx, "x"); err != nil {
-				b.Fatal(err)
-			}
-			c.d = append(c.d, time.Since(t0))
+			call(i)
+			variants[i].d = append(variants[i].d, time.Since(t0))
 		}
 		if r%1024 == 0 {
 			e.tools.Reset() // the server's records are not what is measured
 		}
 	}
-	med := make([]time.Duration, len(conns))
-	for i := range conns {
-		slices.Sort(conns[i].d)
-		med[i] = conns[i].d[len(conns[i].d)/2]
-		b.ReportMetric(float64(med[i].Nanoseconds()), conns[i].name+"-ns")
-		b.ReportMetric(allocs[i], conns[i].name+"-allocs")
+	med := make([]time.Duration, len(variants))
+	for i := range variants {
+		slices.Sort(variants[i].d)
+		med[i] = variants[i].d[len(variants[i].d)/2]
+		b.ReportMetric(float64(med[i].Nanoseconds()), variants[i].name+"-ns")
+		b.ReportMetric(allocs[i], variants[i].name+"-allocs")
 	}
-	for i := 1; i < len(conns); i++ {
-		b.ReportMetric(100*float64(med[i]-med[0])/float64(med[0]), conns[i].name+"-overhead-%")
-		b.ReportMetric(allocs[i]-allocs[0], conns[i].name+"-extra-allocs")
+	for i := 1; i < len(variants); i++ {
+		b.ReportMetric(100*float64(med[i]-med[0])/float64(med[0]), variants[i].name+"-overhead-%")
+		b.ReportMetric(allocs[i]-allocs[0], variants[i].name+"-extra-allocs")
 	}
 }

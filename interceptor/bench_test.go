@@ -15,7 +15,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -176,6 +178,108 @@ func BenchmarkUnaryParallel(b *testing.B) {
 	}
 }
 
+// BenchmarkParallelControl is work that shares nothing at all (a few
+// hundred ns of arithmetic on the goroutine's own stack), run like
+// BenchmarkUnaryParallel. Its -cpu 2 / -cpu 1 throughput ratio is what the
+// machine offers at that moment; a gate that shares nothing between calls
+// scales as this does.
+func BenchmarkParallelControl(b *testing.B) {
+	b.RunParallel(func(pb *testing.PB) {
+		x := uint64(1)
+		for pb.Next() {
+			for range 100 {
+				x = x*6364136223846793005 + 1442695040888963407
+			}
+		}
+		sink.Add(x & 1)
+	})
+}
+
+var sink atomic.Uint64
+
+// BenchmarkScaling measures how throughput grows from one processor to two,
+// for the gate in every mode and for work that shares nothing (control),
+// in rounds that alternate GOMAXPROCS=1 and 2 so that each ratio is taken
+// within tens of milliseconds, on whatever the machine offers then. It
+// reports, per variant, the median over rounds of throughput(2)/throughput(1)
+// and that divided by the control's ratio of the same round (1 means it
+// scales as well as work that shares nothing). Run with -benchtime 30x.
+func BenchmarkScaling(b *testing.B) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	store := newStore(b)
+	noMetrics := interceptor.WithMeterProvider(noop.NewMeterProvider())
+	on := interceptor.UnaryClientInterceptor(store, noMetrics)
+	off := interceptor.UnaryClientInterceptor(store, noMetrics, interceptor.WithInFlightCancellation(false))
+	shared := spanCtx(1)
+	scoped, done := interceptor.ContextWithOpCancel(shared, store)
+	defer done()
+	gated := func(u grpc.UnaryClientInterceptor, ctxOf func(g int) context.Context) func(g, n int) {
+		return func(g, n int) {
+			ctx := ctxOf(g)
+			for range n {
+				if err := u(ctx, methodEcho, nil, nil, nil, noopInvoker); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}
+	}
+	eachOp := func(g int) context.Context { return spanCtx(uint64(g + 2)) }
+	oneOp := func(int) context.Context { return shared }
+	variants := []struct {
+		name string
+		n    int
+		run  func(g, n int)
+	}{
+		{"control", 20000, func(_, n int) {
+			x := uint64(1)
+			for range n * 100 {
+				x = x*6364136223846793005 + 1442695040888963407
+			}
+			sink.Add(x & 1)
+		}},
+		{"default-each-op", 20000, gated(on, eachOp)},
+		{"default-one-op", 20000, gated(on, oneOp)},
+		{"inflight-off", 200000, gated(off, eachOp)},
+		{"op-scoped-one-op", 100000, gated(on, func(int) context.Context { return scoped })},
+	}
+	run := func(procs int, n int, f func(g, n int)) time.Duration {
+		runtime.GOMAXPROCS(procs)
+		var wg sync.WaitGroup
+		t0 := time.Now()
+		for g := range procs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				f(g, n/procs)
+			}()
+		}
+		wg.Wait()
+		return time.Since(t0)
+	}
+	ratios := make([][]float64, len(variants))
+	rel := make([][]float64, len(variants))
+	for b.Loop() {
+		var control float64
+		for i, v := range variants {
+			r := float64(run(1, v.n, v.run)) / float64(run(2, v.n, v.run))
+			if i == 0 {
+				control = r
+			}
+			ratios[i] = append(ratios[i], r)
+			rel[i] = append(rel[i], r/control)
+		}
+	}
+	for i, v := range variants {
+		slices.Sort(ratios[i])
+		slices.Sort(rel[i])
+		b.ReportMetric(ratios[i][len(ratios[i])/2], v.name+"-x")
+		if i > 0 {
+			b.ReportMetric(rel[i][len(rel[i])/2], v.name+"/control")
+		}
+	}
+}
+
 // variant is one contender of an interleaved comparison.
 type variant struct {
 	name string
@@ -185,9 +289,10 @@ type variant struct {
 // interleave runs the variants in turn, block calls each per b.Loop
 // iteration, rotating which goes first, and reports for each the median
 // ns/call over its blocks, its allocations per call, and its ratio to the
-// first variant's median. Blocks keep the clock's own cost (tens of ns) out
-// of calls that take a few hundred.
-func interleave(b *testing.B, block int, vs []variant) {
+// first variant's median, and to the variant named by over, if any (for
+// the pair in over). Blocks keep the clock's own cost (tens of ns) out of
+// calls that take a few hundred.
+func interleave(b *testing.B, block int, vs []variant, over ...[2]string) {
 	allocs := make([]float64, len(vs))
 	for i, v := range vs {
 		allocs[i] = testing.AllocsPerRun(200, v.call)
@@ -214,6 +319,12 @@ func interleave(b *testing.B, block int, vs []variant) {
 	}
 	for i := 1; i < len(vs); i++ {
 		b.ReportMetric(med[i]/med[0], vs[i].name+"/"+vs[0].name)
+	}
+	for _, pair := range over {
+		num, den := slices.IndexFunc(vs, func(v variant) bool { return v.name == pair[0] }),
+			slices.IndexFunc(vs, func(v variant) bool { return v.name == pair[1] })
+		b.ReportMetric(med[num]/med[den], pair[0]+"/"+pair[1])
+		b.ReportMetric(med[num]-med[den], pair[0]+"-minus-"+pair[1]+"-ns")
 	}
 }
 
@@ -255,7 +366,7 @@ func BenchmarkUnaryInterleaved(b *testing.B) {
 				{"default", call(on, ctx)},
 				{"inflight-off", call(off, ctx)},
 				{"op-scoped", call(on, scoped)},
-			})
+			}, [2]string{"default", "ctx-floor"}, [2]string{"op-scoped", "inflight-off"})
 		})
 	}
 }
@@ -344,84 +455,6 @@ func BenchmarkOpScopePerSpan(b *testing.B) {
 			span.End()
 		}},
 	})
-}
-
-// BenchmarkLoopbackUnary is a real unary RPC over loopback TCP to the tool
-// server's Echo, without the gate (bare) and with it; passthrough is a
-// do-nothing interceptor, the cost of having any interceptor at all. The
-// interleaved/X runs alternate bare and X calls within one loop (swapping
-// their order every iteration) and report the median of each and X's
-// overhead in percent of the bare median. e2e's BenchmarkEchoOverhead is
-// the fuller comparison.
-func BenchmarkLoopbackUnary(b *testing.B) {
-	ts := startServer(b)
-	store := newStore(b)
-	noMetrics := interceptor.WithMeterProvider(noop.NewMeterProvider())
-	passthrough := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		return invoker(ctx, method, req, reply, cc, opts...)
-	}
-	// A request context: cancellable, with the caller's span.
-	ctx, cancel := context.WithCancel(spanCtx(1))
-	defer cancel()
-	scoped, done := interceptor.ContextWithOpCancel(ctx, store)
-	defer done()
-	conns := []struct {
-		name string
-		cc   *grpc.ClientConn
-		ctx  context.Context
-	}{
-		{"bare", dial(b, ts), ctx},
-		{"passthrough", dial(b, ts, grpc.WithChainUnaryInterceptor(passthrough)), ctx},
-		{"gated", dial(b, ts, interceptor.DialOptions(store, noMetrics)...), ctx},
-		{"gated-inflight=off", dial(b, ts, interceptor.DialOptions(store, interceptor.WithInFlightCancellation(false), noMetrics)...), ctx},
-		{"gated-op-scoped", dial(b, ts, interceptor.DialOptions(store, noMetrics)...), scoped},
-	}
-	for _, c := range conns {
-		if err := callEcho(c.ctx, c.cc); err != nil { // connect outside the timing
-			b.Fatal(err)
-		}
-	}
-	for _, c := range conns {
-		b.Run(c.name, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := callEcho(c.ctx, c.cc); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
-	for _, c := range conns[1:] {
-		b.Run("interleaved/"+c.name, func(b *testing.B) {
-			bare := conns[0]
-			var tb, tx []time.Duration
-			swap := false
-			for b.Loop() {
-				first, second := bare, c
-				if swap {
-					first, second = second, first
-				}
-				t0 := time.Now()
-				if err := callEcho(first.ctx, first.cc); err != nil {
-					b.Fatal(err)
-				}
-				t1 := time.Now()
-				if err := callEcho(second.ctx, second.cc); err != nil {
-					b.Fatal(err)
-				}
-				d0, d1 := t1.Sub(t0), time.Since(t1)
-				if swap {
-					d0, d1 = d1, d0
-				}
-				tb, tx = append(tb, d0), append(tx, d1)
-				swap = !swap
-			}
-			mb, mx := median(tb), median(tx)
-			b.ReportMetric(float64(mb.Nanoseconds()), "bare-ns/call")
-			b.ReportMetric(float64(mx.Nanoseconds()), "ns/call")
-			b.ReportMetric(100*float64(mx-mb)/float64(mb), "overhead-%")
-		})
-	}
 }
 
 func median(d []time.Duration) time.Duration {
