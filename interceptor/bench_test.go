@@ -457,11 +457,6 @@ func BenchmarkOpScopePerSpan(b *testing.B) {
 	})
 }
 
-func median(d []time.Duration) time.Duration {
-	slices.Sort(d)
-	return d[len(d)/2]
-}
-
 // BenchmarkTerminateLatency measures, in process, the time from Apply
 // (TERMINATE) of an op to the return of that op's in-flight call: with a
 // fake invoker that blocks on its context, and with a real RPC over
