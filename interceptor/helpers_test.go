@@ -108,6 +108,15 @@ func dial(t testing.TB, srv *toolserver.Server, opts ...grpc.DialOption) *grpc.C
 	return cc
 }
 
+// loopback starts a tool server, a store, and a connection to the server
+// gated by the store with opts: the set-up of every loopback test.
+func loopback(t testing.TB, opts ...interceptor.Option) (*toolserver.Server, *controlstore.Store, *grpc.ClientConn) {
+	t.Helper()
+	ts := startServer(t)
+	store := newStore(t)
+	return ts, store, dial(t, ts, interceptor.DialOptions(store, opts...)...)
+}
+
 func callEcho(ctx context.Context, cc *grpc.ClientConn) error {
 	return cc.Invoke(ctx, methodEcho, wrapperspb.String("hi"), new(wrapperspb.StringValue))
 }

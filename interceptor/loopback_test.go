@@ -43,9 +43,7 @@ func TestLoopbackTerminate(t *testing.T) {
 	for _, m := range modes() {
 		for _, sc := range scopeCases {
 			t.Run(m.name+"/"+sc.scope.String(), func(t *testing.T) {
-				ts := startServer(t)
-				store := newStore(t)
-				cc := dial(t, ts, interceptor.DialOptions(store, m.opt)...)
+				ts, store, cc := loopback(t, m.opt)
 				ctx, span, opID := tr.start(context.Background(), "op")
 				defer span.End()
 				if err := callEcho(ctx, cc); err != nil {
@@ -95,9 +93,7 @@ func TestLoopbackPauseResume(t *testing.T) {
 	for _, m := range modes() {
 		for _, sc := range scopeCases {
 			t.Run(m.name+"/"+sc.scope.String(), func(t *testing.T) {
-				ts := startServer(t)
-				store := newStore(t)
-				cc := dial(t, ts, interceptor.DialOptions(store, m.opt)...)
+				ts, store, cc := loopback(t, m.opt)
 				ctx, span, opID := tr.start(context.Background(), "op")
 				apply(t, store, sc.target(opID), controlstore.SignalPause)
 
@@ -168,9 +164,7 @@ func TestLoopbackTerminateWhileHeld(t *testing.T) {
 	for _, m := range modes() {
 		for _, sc := range scopeCases {
 			t.Run(m.name+"/"+sc.scope.String(), func(t *testing.T) {
-				ts := startServer(t)
-				store := newStore(t)
-				cc := dial(t, ts, interceptor.DialOptions(store, m.opt)...)
+				ts, store, cc := loopback(t, m.opt)
 				ctx, span, opID := tr.start(context.Background(), "op")
 				defer span.End()
 				// Paused at one scope, terminated at another (or the same).
@@ -192,9 +186,7 @@ func TestLoopbackTerminateWhileHeld(t *testing.T) {
 
 func TestLoopbackHeldUntilContextEnds(t *testing.T) {
 	tr := newTracing(t)
-	ts := startServer(t)
-	store := newStore(t)
-	cc := dial(t, ts, interceptor.DialOptions(store)...)
+	ts, store, cc := loopback(t)
 	apply(t, store, agentOpID, controlstore.SignalPause)
 
 	check := func(err error, code codes.Code, ctxErr error, opID string) {
@@ -247,9 +239,7 @@ func TestLoopbackHeldUntilContextEnds(t *testing.T) {
 }
 
 func TestLoopbackFailClosed(t *testing.T) {
-	ts := startServer(t)
-	store := newStore(t)
-	cc := dial(t, ts, interceptor.DialOptions(store)...)
+	_, store, cc := loopback(t)
 	apply(t, store, controlstore.GlobalOpID, controlstore.SignalPause)
 	held := async(func() error { return callEcho(context.Background(), cc) })
 	waitHeld(t, store, 1)
@@ -270,9 +260,7 @@ func TestLoopbackInFlightUnaryCancelled(t *testing.T) {
 	tr := newTracing(t)
 	for _, sc := range scopeCases {
 		t.Run(sc.scope.String(), func(t *testing.T) {
-			ts := startServer(t)
-			store := newStore(t)
-			cc := dial(t, ts, interceptor.DialOptions(store)...)
+			ts, store, cc := loopback(t)
 			ctx, span, opID := tr.start(context.Background(), "op")
 			defer span.End()
 			done := async(func() error { return callBlock(ctx, cc) })
@@ -292,9 +280,7 @@ func TestLoopbackInFlightStreamCancelled(t *testing.T) {
 	tr := newTracing(t)
 	for _, sc := range scopeCases {
 		t.Run("bidi/"+sc.scope.String(), func(t *testing.T) {
-			ts := startServer(t)
-			store := newStore(t)
-			cc := dial(t, ts, interceptor.DialOptions(store)...)
+			ts, store, cc := loopback(t)
 			ctx, span, opID := tr.start(context.Background(), "op")
 			defer span.End()
 			cs, err := cc.NewStream(ctx, chatDesc, methodChat)
@@ -318,9 +304,7 @@ func TestLoopbackInFlightStreamCancelled(t *testing.T) {
 		})
 	}
 	t.Run("server-streaming", func(t *testing.T) {
-		ts := startServer(t)
-		store := newStore(t)
-		cc := dial(t, ts, interceptor.DialOptions(store)...)
+		ts, store, cc := loopback(t)
 		ctx, span, opID := tr.start(context.Background(), "op")
 		defer span.End()
 		cs, err := cc.NewStream(ctx, watchDesc, methodWatch)
@@ -351,9 +335,7 @@ func TestLoopbackStreamSendHeld(t *testing.T) {
 	tr := newTracing(t)
 	for _, m := range modes() {
 		t.Run(m.name, func(t *testing.T) {
-			ts := startServer(t)
-			store := newStore(t)
-			cc := dial(t, ts, interceptor.DialOptions(store, m.opt)...)
+			ts, store, cc := loopback(t, m.opt)
 			ctx, span, opID := tr.start(context.Background(), "op")
 			defer span.End()
 			cs, err := cc.NewStream(ctx, chatDesc, methodChat)
@@ -428,9 +410,7 @@ func TestLoopbackOpControlStreamNeverGated(t *testing.T) {
 // its op returned is refused; nothing stays registered.
 func TestLoopbackConcurrent(t *testing.T) {
 	tr := newTracing(t)
-	ts := startServer(t)
-	store := newStore(t)
-	cc := dial(t, ts, interceptor.DialOptions(store)...)
+	_, store, cc := loopback(t)
 
 	const nOps = 16
 	type opState struct {

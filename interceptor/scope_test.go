@@ -239,9 +239,7 @@ func TestLoopbackOpScopeHeldThenTerminated(t *testing.T) {
 	tr := newTracing(t)
 	for _, m := range modes() {
 		t.Run(m.name, func(t *testing.T) {
-			ts := startServer(t)
-			store := newStore(t)
-			cc := dial(t, ts, interceptor.DialOptions(store, m.opt)...)
+			ts, store, cc := loopback(t, m.opt)
 			opCtx, span, opID := tr.start(context.Background(), "op")
 			defer span.End()
 			ctx, done := interceptor.ContextWithOpCancel(opCtx, store)
@@ -292,9 +290,7 @@ func TestDecisionsCountedExactlyUnderConcurrency(t *testing.T) {
 // grow, and (TestMain's goleak) no goroutine is left.
 func TestNothingStaysBehind(t *testing.T) {
 	tr := newTracing(t)
-	ts := startServer(t)
-	store := newStore(t)
-	cc := dial(t, ts, interceptor.DialOptions(store)...)
+	ts, store, cc := loopback(t)
 	tools := toolserver.NewClient(cc)
 	opCtx, span, _ := tr.start(context.Background(), "op")
 	defer span.End()

@@ -107,9 +107,7 @@ func TestLoopbackStreamStopsTalkingAfterTerminate(t *testing.T) {
 	tr := newTracing(t)
 	for _, m := range modes() {
 		t.Run(m.name, func(t *testing.T) {
-			ts := startServer(t)
-			store := newStore(t)
-			cc := dial(t, ts, interceptor.DialOptions(store, m.opt)...)
+			ts, store, cc := loopback(t, m.opt)
 			ctx, span, opID := tr.start(context.Background(), "op")
 			defer span.End()
 			ps, err := toolserver.NewClient(cc).Burst(ctx, 50)

@@ -17,18 +17,25 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func TestToolServer(t *testing.T) {
+// start serves a tool server and returns it with a client; both end with
+// the test.
+func start(t *testing.T) (*toolserver.Server, *toolserver.Client) {
+	t.Helper()
 	srv, err := toolserver.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 	cc, err := grpc.NewClient(srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cc.Close()
-	c := toolserver.NewClient(cc)
+	t.Cleanup(func() { _ = cc.Close() })
+	return srv, toolserver.NewClient(cc)
+}
+
+func TestToolServer(t *testing.T) {
+	srv, c := start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -71,17 +78,7 @@ func TestToolServer(t *testing.T) {
 }
 
 func TestToolServerAdditions(t *testing.T) {
-	srv, err := toolserver.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	cc, err := grpc.NewClient(srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	c := toolserver.NewClient(cc)
+	srv, c := start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
