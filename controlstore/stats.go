@@ -1,0 +1,30 @@
+package controlstore
+
+// Stats counts what the store holds and has done.
+type Stats struct {
+	Entries           int // per-op entries held
+	Paused            int // of which paused
+	Terminated        int // of which terminated
+	Applied           uint64
+	Rejected          uint64
+	EvictedPaused     uint64
+	EvictedTerminated uint64
+	// Wakeups counts how often a held call was woken to re-check. Only
+	// changes that concern a call wake it, so this grows with signals for
+	// held ops, not with traffic.
+	Wakeups uint64
+	// Held is the number of calls parked in Wait right now.
+	Held int
+}
+
+// Stats returns a snapshot of the store's counters.
+func (s *Store) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.Entries = int(s.count.Load())
+	st.Paused, st.Terminated = s.paused.n, s.terminated.n
+	st.Wakeups = s.wakeups.Load()
+	st.Held = int(s.held.Load())
+	return st
+}
