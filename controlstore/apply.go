@@ -20,7 +20,15 @@ import (
 //
 // Apply is O(1) amortised and never waits for readers. A TERMINATE cancels,
 // before Apply returns, every in-flight call Tracked under a scope it covers.
+//
+// Apply is for signals of no particular source (tests, a hand-driven
+// store). A feed of signals applies them through its Source instead, so
+// that the store can reconcile two feeds.
 func (s *Store) Apply(opID string, sig Signal) error {
+	return s.apply(opID, sig, nil)
+}
+
+func (s *Store) apply(opID string, sig Signal, src *Source) error {
 	if err := s.validate(opID, sig); err != nil {
 		s.mu.Lock()
 		s.stats.Rejected++
@@ -37,6 +45,10 @@ func (s *Store) Apply(opID string, sig Signal) error {
 	}
 
 	s.mu.Lock()
+	if scope != nil && sig != SignalTerminate && src != nil && !s.reconcileLocked(src, scope, sig) {
+		s.mu.Unlock()
+		return nil
+	}
 	s.version.Add(1)
 	// Arm before the state changes, so that no reader can see the new
 	// state through State yet pass Check's unarmed fast path; rearm settles

@@ -2,6 +2,7 @@ package controlstore
 
 import (
 	"fmt"
+	"log/slog"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
@@ -14,6 +15,7 @@ type options struct {
 	maxEntries    int
 	meterProvider metric.MeterProvider
 	now           func() time.Time
+	logger        *slog.Logger
 }
 
 // WithMaxEntries caps the number of per-op entries (default
@@ -35,6 +37,7 @@ func (o *options) validate() error {
 	if o.now == nil {
 		o.now = time.Now
 	}
+
 	return nil
 }
 
@@ -47,4 +50,13 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 // WithClock sets the clock used for SyncStatus.Since (default time.Now).
 func WithClock(now func() time.Time) Option {
 	return func(o *options) { o.now = now }
+}
+
+// WithLogger sets where the store logs (default slog.Default()): only
+// changes of failing closed, once each. A nil logger discards everything.
+func WithLogger(l *slog.Logger) Option {
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	return func(o *options) { o.logger = l }
 }

@@ -9,6 +9,14 @@ type Stats struct {
 	Rejected          uint64
 	EvictedPaused     uint64
 	EvictedTerminated uint64
+	// Superseded counts PAUSE and RESUME of the agent or global scope that
+	// a gateway source delivered while a bus source was live, and that
+	// were therefore ignored (see Source).
+	Superseded uint64
+	// Deferred counts PAUSE and RESUME of the agent or global scope that a
+	// bus source delivered while catching up (not yet live); the last one
+	// of each scope applies when the source goes live.
+	Deferred uint64
 	// Wakeups counts how often a held call was woken to re-check. Only
 	// changes that concern a call wake it, so this grows with signals for
 	// held ops, not with traffic.

@@ -3,6 +3,7 @@ package controlstore
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,9 +54,21 @@ type Store struct {
 	scopesCh   chan struct{} // closed and replaced when the agent or global scope, or failClosed, changes
 	waiting    map[*entry]struct{}
 	absent     map[opKey]*absentWait
-	live       bool
-	liveSince  time.Time
 	stats      Stats
+
+	// Sources, under mu. failClosed is their verdict (see
+	// updateFailClosed); liveSince is when SyncStatus.Live last changed.
+	sources          []*Source
+	kinds            [numSourceKinds]kindState
+	lastLive         bool
+	liveSince        time.Time
+	manualFailClosed bool    // deprecated SetFailClosed
+	legacySource     *Source // deprecated SetLive
+	// busView is the last PAUSE or RESUME a bus source delivered for the
+	// global [0] and agent [1] scopes (SignalUnspecified: none yet).
+	busView           [2]Signal
+	failClosedChanged bool // to be logged by unlockAndLog
+	log               *slog.Logger
 
 	calls   [callShards]callShard
 	metrics metrics
@@ -114,7 +127,7 @@ func New(agent Agent, opts ...Option) (*Store, error) {
 			return nil, fmt.Errorf("controlstore: New: Agent.%s is not valid UTF-8", f.name)
 		}
 	}
-	o := options{maxEntries: DefaultMaxEntries, now: time.Now}
+	o := options{maxEntries: DefaultMaxEntries, now: time.Now, logger: slog.Default()}
 	for _, opt := range opts {
 		if opt != nil {
 			opt(&o)
@@ -129,6 +142,7 @@ func New(agent Agent, opts ...Option) (*Store, error) {
 		max:       o.maxEntries,
 		seed:      newHashSeed(),
 		now:       o.now,
+		log:       o.logger,
 		scopesCh:  make(chan struct{}),
 		waiting:   make(map[*entry]struct{}),
 		absent:    make(map[opKey]*absentWait),

@@ -108,7 +108,7 @@ func NewSubscriber(cc grpc.ClientConnInterface, store *controlstore.Store, opts 
 		grpc.ForceCodecV2(wirecodec.Codec{}),
 		grpc.StaticMethod(),
 	)
-	s.guard = guard{store: store, enabled: o.failClosed, after: o.failClosedAfter, log: s.log}
+	s.guard = newGuard(store, o.failClosed, o.failClosedAfter)
 	return s
 }
 
@@ -413,7 +413,7 @@ func (s *Subscriber) handle(m *wirecodec.Message) {
 	}
 	s.lastSeq.Store(seq)
 	s.haveSeq = true
-	if err := s.store.Apply(m.Msg.GetOpId(), sig); err != nil {
+	if err := s.guard.apply(m.Msg.GetOpId(), sig); err != nil {
 		reason := "other"
 		opID := ""
 		var re *controlstore.RejectedError
