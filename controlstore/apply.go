@@ -139,8 +139,8 @@ func (s *Store) applyOp(opID string, sig Signal) *entry {
 	e := s.tab.Load().lookup(&k, h)
 	next := target(sig)
 	if e == nil {
-		if next == Running {
-			return nil
+		if next == Running || s.fps.contains(h) {
+			return nil // unknown and resumed, or terminated for good already
 		}
 		s.makeRoom()
 		e = newEntry(opID, ScopeOp)
@@ -183,8 +183,8 @@ func (s *Store) insert(e *entry) {
 	s.list(State(e.state.Load())).push(e)
 	s.count.Add(1)
 	s.metrics.entries.Add(context.Background(), 1)
-	if t.crowded() {
-		s.tab.Store(t.rebuilt())
+	if t.crowded(s.maxSlots) {
+		s.tab.Store(t.rebuilt(s.maxSlots))
 	}
 }
 
@@ -194,14 +194,16 @@ func (s *Store) remove(e *entry) {
 	t.remove(e)
 	s.count.Add(-1)
 	s.metrics.entries.Add(context.Background(), -1)
-	if t.crowded() {
-		s.tab.Store(t.rebuilt())
+	if t.crowded(s.maxSlots) {
+		s.tab.Store(t.rebuilt(s.maxSlots))
 	}
 }
 
-// makeRoom evicts one entry when the store is full: the oldest terminated
-// entry, or, only when every entry is paused, the oldest paused one, whose
-// waiters then fail closed with an *EvictedError. Under mu.
+// makeRoom evicts one entry when the store is full. The oldest terminated
+// entry goes first, and loses nothing: it is compacted to a fingerprint and
+// stays terminated (see compacted). Only when every entry is paused does
+// the oldest paused entry go, and its waiters fail closed with an
+// *EvictedError; a pause can be lost that way, a terminate never. Under mu.
 func (s *Store) makeRoom() {
 	if int(s.count.Load()) < s.max {
 		return
@@ -209,6 +211,7 @@ func (s *Store) makeRoom() {
 	victim := s.terminated.head
 	if victim != nil {
 		s.terminated.remove(victim)
+		s.fps.add(victim.hash)
 		s.stats.EvictedTerminated++
 	} else {
 		victim = s.paused.head
@@ -223,7 +226,7 @@ func (s *Store) makeRoom() {
 
 // rearm recomputes whether anything could hold or deny a call. Under mu.
 func (s *Store) rearm() {
-	s.armed.Store(s.count.Load() > 0 ||
+	s.armed.Store(s.count.Load() > 0 || s.fps.n.Load() > 0 ||
 		s.global.state.Load() != uint32(Running) ||
 		s.agentScope.state.Load() != uint32(Running) ||
 		s.failClosed.Load())
