@@ -3,8 +3,8 @@ package controlstore_test
 import (
 	"context"
 	"encoding/binary"
-	"fmt"
 	"errors"
+	"fmt"
 	"runtime"
 	"testing"
 
