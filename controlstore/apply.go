@@ -5,18 +5,14 @@ import (
 	"strings"
 )
 
-// Apply applies one signal from the gateway:
-//
-//	PAUSE     → Paused, unless Terminated
-//	RESUME    → Running (the entry is removed), unless Terminated
-//	TERMINATE → Terminated, for good: no later signal lifts it
-//
-// opID is "*" (every op), "agent:{agent_id}" (every op of this agent) or any
-// other id (one op, matched as an exact string; ids in OpenTelemetry form
-// are parsed once here). Repeated signals are harmless. Apply rejects, and
-// changes nothing for, an unspecified or unknown signal, an empty id, an id
-// longer than MaxOpIDLen, and an agent halt addressed to another agent; the
-// error is a *RejectedError.
+// Apply applies one signal by the semantics in the package documentation
+// (terminate is sticky; RESUME removes an op's entry). opID is "*" (every
+// op), "agent:{agent_id}" (every op of this agent) or any other id (one op,
+// matched as an exact string; ids in OpenTelemetry form are parsed once
+// here). It rejects, and changes nothing for, an unspecified or unknown
+// signal, an empty id, an id longer than MaxOpIDLen (but for this agent's
+// own halt), and an agent halt addressed to another agent; the error is a
+// *RejectedError.
 //
 // Apply is O(1) amortised and never waits for readers. A TERMINATE cancels,
 // before Apply returns, every in-flight call Tracked under a scope it covers.
