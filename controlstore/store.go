@@ -66,8 +66,9 @@ type Store struct {
 	kinds            [numSourceKinds]kindState
 	lastLive         bool
 	liveSince        time.Time
-	manualFailClosed bool    // deprecated SetFailClosed
-	legacySource     *Source // deprecated SetLive
+	manualFailClosed bool          // deprecated SetFailClosed
+	legacySource     *Source       // deprecated SetLive
+	syncCh           chan struct{} // closed and replaced when SyncStatus changes
 	// busView is the last PAUSE or RESUME a bus source delivered for the
 	// global [0] and agent [1] scopes (SignalUnspecified: none yet).
 	busView           [2]Signal
@@ -153,6 +154,7 @@ func New(agent Agent, opts ...Option) (*Store, error) {
 		now:       o.now,
 		log:       o.logger,
 		scopesCh:  make(chan struct{}),
+		syncCh:    make(chan struct{}),
 		waiting:   make(map[*entry]struct{}),
 		absent:    make(map[opKey]*absentWait),
 	}
