@@ -44,7 +44,7 @@ func (s *Store) Check(op Op) error {
 // check is Check's slow path, kept apart so that Check inlines.
 func (s *Store) check(op *Op) error {
 	err := s.consistent(op)
-	if err == &s.compactedTerm {
+	if err == &s.compactedTerm { //nolint:errorlint // identity of the store's own marker, never wrapped
 		// The op's entry was compacted to a fingerprint: its error is
 		// made here, to name the op.
 		return &TerminatedError{OpID: op.String(), Scope: ScopeOp}

@@ -463,17 +463,17 @@ func (s *Store) SyncStatus() SyncStatus {
 
 // liveLocked computes SyncStatus.Live. Under mu.
 func (s *Store) liveLocked() bool {
-	any := false
+	watched := false
 	for i := range s.kinds {
 		k := &s.kinds[i]
 		if k.running > 0 {
-			any = true
+			watched = true
 			if k.live == 0 {
 				return false
 			}
 		}
 	}
-	return any
+	return watched
 }
 
 // Sync returns SyncStatus().
