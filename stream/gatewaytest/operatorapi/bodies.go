@@ -6,8 +6,7 @@ import "time"
 // resume, terminate and halt-agent, and GlobalHaltPath.
 const (
 	OpsPath        = "/api/v1/ops"
-	GlobalHaltPath = OpsPath + globalHaltRest
-	globalHaltRest = "/global/halt"
+	GlobalHaltPath = OpsPath + "/global/halt"
 )
 
 // OpRecord is one op of the registry: an element of OpList, and the body of

@@ -61,8 +61,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.notFound(w, r)
 		return
 	}
-	switch rest {
-	case "":
+	switch {
+	case rest == "":
 		switch r.Method {
 		case http.MethodGet, http.MethodHead:
 			h.list(w)
@@ -72,7 +72,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			methodNotAllowed(w, r, "GET, HEAD, POST")
 		}
 		return
-	case globalHaltRest:
+	case OpsPath+rest == GlobalHaltPath:
 		if r.Method != http.MethodPost {
 			methodNotAllowed(w, r, http.MethodPost)
 			return
