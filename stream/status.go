@@ -1,6 +1,10 @@
 package stream
 
 import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -79,4 +83,95 @@ type Status struct {
 	// Received counts frames received; Dropped counts those that could
 	// not be decoded or that the store rejected.
 	Received, Dropped uint64
+}
+
+func (s *Subscriber) beginAttempt() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status.Attempts++
+	s.status.NextAttempt = time.Time{}
+	if st := s.status.State; st != Unauthorized && st != Misconfigured {
+		s.setStateLocked(Connecting, time.Now())
+	}
+}
+
+func (s *Subscriber) setStateLocked(st State, now time.Time) {
+	if s.status.State != st {
+		s.status.State, s.status.Since = st, now
+	}
+}
+
+// failed records a failed attempt or a lost stream (liveFor > 0) and logs
+// it: a lost stream always, a failed attempt once per change of state and
+// code (repeats at debug level).
+func (s *Subscriber) failed(state State, code codes.Code, err error, wait, liveFor time.Duration) {
+	now := time.Now()
+	s.mu.Lock()
+	s.setStateLocked(state, now)
+	s.status.LastError, s.status.LastCode, s.status.LastErrorAt = err, code, now
+	if wait > 0 {
+		s.status.NextAttempt = now.Add(wait)
+	}
+	key := failureKey{state, code}
+	changed := key != s.logKey
+	s.logKey = key
+	attempts := s.status.Attempts
+	s.mu.Unlock()
+
+	level, msg := slog.LevelDebug, "op-control stream not live"
+	switch {
+	case state == Unauthorized || state == Misconfigured:
+		if changed {
+			level = slog.LevelError
+		}
+	case liveFor > 0:
+		level, msg = slog.LevelWarn, "op-control stream lost: signals published until it is live again are missed"
+	case changed:
+		level = slog.LevelWarn
+	}
+	attrs := []slog.Attr{
+		slog.String("state", state.String()),
+		slog.String("code", code.String()),
+		slog.Int("attempts", attempts),
+		slog.Duration("retry_in", wait),
+	}
+	if liveFor > 0 {
+		attrs = append(attrs, slog.Duration("live_for", liveFor))
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	if h := hint(code); h != "" {
+		attrs = append(attrs, slog.String("hint", h))
+	}
+	s.log.LogAttrs(context.Background(), level, msg, attrs...)
+}
+
+// goLive marks the stream live and returns when.
+func (s *Subscriber) goLive() time.Time {
+	now := time.Now()
+	s.mu.Lock()
+	attempts, downFor := s.status.Attempts, now.Sub(s.status.DownSince)
+	s.setStateLocked(Live, now)
+	s.status.Attempts, s.status.DownSince, s.status.NextAttempt = 0, time.Time{}, time.Time{}
+	s.logKey = failureKey{state: Live}
+	s.mu.Unlock()
+
+	s.connected.Store(true)
+	s.guard.setLive(true)
+	s.metrics.setUp(true)
+	s.readyOnce.Do(func() { close(s.ready) })
+	s.log.LogAttrs(context.Background(), slog.LevelInfo, "op-control stream live",
+		slog.Int("attempts", attempts), slog.Duration("down_for", downFor))
+	return now
+}
+
+// goDown marks the stream no longer live.
+func (s *Subscriber) goDown() {
+	s.connected.Store(false)
+	s.metrics.setUp(false)
+	s.guard.setLive(false)
+	s.mu.Lock()
+	s.status.DownSince = time.Now()
+	s.mu.Unlock()
 }

@@ -5,6 +5,7 @@ import (
 
 	"google.golang.org/grpc/metadata"
 
+	"github.com/opcontrol/opcontrol/controlstore"
 	"github.com/opcontrol/opcontrol/internal/contract"
 )
 
@@ -43,4 +44,28 @@ func isASCII(s string) bool {
 		}
 	}
 	return true
+}
+
+// RegisterToken makes token the credential of agent (replacing any earlier
+// registration of token). Subscriptions presenting it must request exactly
+// agent's triple.
+func (g *Gateway) RegisterToken(token string, agent controlstore.Agent) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.tokens[token] = agent
+}
+
+// RevokeToken forgets token. Streams already admitted with it stay up;
+// later subscribes with it are Unauthenticated.
+func (g *Gateway) RevokeToken(token string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.tokens, token)
+}
+
+// identity is what the real gateway hashes (SHA-256, first 16 bytes) to
+// bind a subscription to its caller: "{org}/{team}/{agent}". Comparing the
+// joined strings reproduces its behaviour, ambiguity on "/" included.
+func identity(a controlstore.Agent) string {
+	return a.OrgID + "/" + a.TeamID + "/" + a.AgentID
 }

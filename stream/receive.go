@@ -1,0 +1,60 @@
+package stream
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/stream/internal/wirecodec"
+)
+
+// handle applies one received frame. It never blocks: Apply is O(1) and
+// waits for no reader.
+func (s *Subscriber) handle(m *wirecodec.Message) {
+	s.received.Add(1)
+	if m.Err != nil {
+		s.drop(reasonMalformed, "dropped an op-control frame that does not decode",
+			slog.Int("len", m.Len), slog.String("prefix_hex", hex.EncodeToString(m.Prefix)), slog.String("error", m.Err.Error()))
+		return
+	}
+	sig := controlstore.Signal(m.Msg.GetSignal())
+	s.metrics.signal(sig)
+	seq := m.Msg.GetSequence()
+	if prev := s.lastSeq.Load(); s.haveSeq && seq < prev {
+		if s.limit("sequence").allow(time.Now()) {
+			s.log.LogAttrs(context.Background(), slog.LevelInfo,
+				"op-control sequence went backwards: the gateway restarted, or this is another replica",
+				slog.Uint64("previous", prev), slog.Uint64("sequence", seq))
+		}
+	}
+	s.lastSeq.Store(seq)
+	s.haveSeq = true
+	if err := s.store.Apply(m.Msg.GetOpId(), sig); err != nil {
+		reason := "other"
+		opID := ""
+		var re *controlstore.RejectedError
+		if errors.As(err, &re) {
+			reason, opID = string(re.Reason), re.OpID
+		}
+		s.drop(reason, "dropped an op-control signal the store refused",
+			slog.String("reason", reason), slog.String("signal", sig.String()), slog.String("op_id", opID),
+			slog.Uint64("sequence", seq))
+	}
+}
+
+// drop counts and, at a bounded rate, logs dropped input.
+func (s *Subscriber) drop(reason, msg string, attrs ...slog.Attr) {
+	s.dropped.Add(1)
+	s.metrics.reject(reason)
+	l := s.limit(reason)
+	if !l.allow(time.Now()) {
+		return
+	}
+	if n := l.takeSuppressed(); n > 0 {
+		attrs = append(attrs, slog.Uint64("suppressed_since_last", n))
+	}
+	s.log.LogAttrs(context.Background(), slog.LevelWarn, msg, attrs...)
+}
