@@ -16,23 +16,33 @@ import (
 	"github.com/opcontrol/opcontrol/stream/gatewaytest"
 )
 
+// The reconnect schedule package stream documents ("Reconnecting"): the
+// suite holds the subscriber to the documented numbers.
+const (
+	docInitialInterval   = 250 * time.Millisecond
+	docMultiplier        = 2.0
+	docMaxInterval       = 3 * time.Second
+	docRandomization     = 0.5
+	docMisconfiguredWait = 5 * time.Second
+)
+
 // maxAttempts is the most attempts the documented schedule allows in w:
 // the first at once, then waits no shorter than half of 250 ms, 500 ms,
 // 1 s, 2 s, 3 s, 3 s, ... (±50 % jitter), or, for slow codes, no shorter
-// than MisconfiguredRetryInterval.
+// than 5 s. (The reconnect spread only lengthens the waits.)
 func maxAttempts(w time.Duration, slow bool) int {
 	n, t := 1, time.Duration(0)
-	interval := stream.DefaultInitialInterval
+	interval := docInitialInterval
 	for {
-		wait := time.Duration(float64(interval) * (1 - stream.DefaultRandomizationFactor))
+		wait := time.Duration(float64(interval) * (1 - docRandomization))
 		if slow {
-			wait = stream.MisconfiguredRetryInterval
+			wait = docMisconfiguredWait
 		}
 		if t += wait; t > w {
 			return n
 		}
 		n++
-		interval = min(time.Duration(float64(interval)*stream.DefaultMultiplier), stream.DefaultMaxInterval)
+		interval = min(time.Duration(float64(interval)*docMultiplier), docMaxInterval)
 	}
 }
 
@@ -94,7 +104,7 @@ func TestRejectStorm(t *testing.T) {
 		} else {
 			gw.RejectNext(1<<30, tc.code)
 		}
-		cc, err := grpc.NewClient(gw.Addr(), append(stream.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+		cc, err := grpc.NewClient(gw.Addr(), append(stream.GatewayDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,6 +3,8 @@ package stream
 import (
 	"errors"
 	"io"
+	"strconv"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -24,8 +26,24 @@ func classify(err error) (State, codes.Code) {
 	return Backoff, code
 }
 
-// hint says what to fix for a misconfiguration code.
-func hint(code codes.Code) string {
+// frameTooLarge reports whether err is grpc-go's refusal of a received
+// message over the size limit ("grpc: received message larger than max",
+// or the same after decompression). grpc-go gives it no other mark than
+// this text, and the gateway never ends a stream with ResourceExhausted
+// itself.
+func frameTooLarge(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "larger than max")
+}
+
+// hint says what to do about the error that ended an attempt or a stream.
+func hint(code codes.Code, err error) string {
+	if _, ok := errors.AsType[*configError](err); ok {
+		return "fix the subscriber's configuration; it will not dial the gateway until then"
+	}
+	if frameTooLarge(err) {
+		return "the gateway sent a frame over the " + strconv.Itoa(maxFrameSize>>20) + " MiB limit; signals published until the stream is live again are missed"
+	}
 	switch code {
 	case codes.Unauthenticated:
 		return "the gateway needs a valid credential token: check WithCredentialToken"

@@ -25,7 +25,7 @@ func TestFailOpenByDefault(t *testing.T) {
 			gw := startGateway(t)
 			store := testutil.NewStore(t, agent)
 			sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
-				append(tc.opts, stream.WithCredentialToken(token), stream.WithBackOff(fastBackOff), stream.WithLogger(nil))...)
+				append(tc.opts, stream.WithCredentialToken(token), stream.WithBackoff(fastBackoff), noSpread, stream.WithLogger(nil))...)
 			start(t, sub)
 			waitReady(t, sub)
 			gw.Publish(agent, "held:op", controlstore.SignalPause)
@@ -52,7 +52,7 @@ func TestFailClosedAfter(t *testing.T) {
 	store := testutil.NewStore(t, agent)
 	const after = 100 * time.Millisecond
 	sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
-		stream.WithCredentialToken(token), stream.WithBackOff(fastBackOff), stream.WithFailClosedAfter(after), stream.WithLogger(nil))
+		stream.WithCredentialToken(token), stream.WithBackoff(fastBackoff), noSpread, stream.WithFailClosedAfter(after), stream.WithLogger(nil))
 	start(t, sub)
 
 	for round := range 2 {
@@ -76,7 +76,7 @@ func TestFailClosedAfterZero(t *testing.T) {
 	gw.Stop()
 	store := testutil.NewStore(t, agent)
 	sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
-		stream.WithCredentialToken(token), stream.WithBackOff(fastBackOff), stream.WithFailClosedAfter(0), stream.WithLogger(nil))
+		stream.WithCredentialToken(token), stream.WithBackoff(fastBackoff), noSpread, stream.WithFailClosedAfter(0), stream.WithLogger(nil))
 	start(t, sub)
 	eventually(t, waitShort, func() bool { return store.Sync().FailClosed }, "not failing closed at once")
 	if err := gw.Restart(); err != nil {

@@ -25,7 +25,7 @@ func TestReconnectAfterDrop(t *testing.T) {
 			gw := startGateway(t)
 			store := testutil.NewStore(t, agent)
 			sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
-				stream.WithCredentialToken(token), stream.WithBackOff(fastBackOff), stream.WithLogger(nil))
+				stream.WithCredentialToken(token), stream.WithBackoff(fastBackoff), noSpread, stream.WithLogger(nil))
 			start(t, sub)
 			waitReady(t, sub)
 			gw.Publish(agent, "t1:s1", controlstore.SignalPause)
@@ -53,7 +53,7 @@ func TestReconnectAfterRestart(t *testing.T) {
 	store := testutil.NewStore(t, agent)
 	logs, logOpt := newLogs()
 	sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
-		stream.WithCredentialToken(token), stream.WithBackOff(fastBackOff), logOpt)
+		stream.WithCredentialToken(token), stream.WithBackoff(fastBackoff), noSpread, logOpt)
 	start(t, sub)
 	waitReady(t, sub)
 	for i := range 5 {
@@ -179,7 +179,7 @@ func TestCleanEndDoesNotHotLoop(t *testing.T) {
 	t.Run("default backoff", func(t *testing.T) {
 		gw := startGateway(t)
 		gw.DropNext(math.MaxInt, codes.OK)
-		sub := stream.NewSubscriber(dial(t, gw.Addr()), testutil.NewStore(t, agent), stream.WithCredentialToken(token), stream.WithLogger(nil))
+		sub := stream.NewSubscriber(dial(t, gw.Addr()), testutil.NewStore(t, agent), stream.WithCredentialToken(token), stream.WithLogger(nil), noSpread)
 		r := start(t, sub)
 		waitReady(t, sub) // live, then ended cleanly, over and over
 		window := 2 * time.Second
@@ -202,9 +202,9 @@ func TestCleanEndDoesNotHotLoop(t *testing.T) {
 		gw.DropNext(math.MaxInt, codes.OK)
 		var waits atomic.Int64
 		sub := stream.NewSubscriber(dial(t, gw.Addr()), testutil.NewStore(t, agent), stream.WithCredentialToken(token), stream.WithLogger(nil),
-			stream.WithBackOff(func() backoff.BackOff {
+			stream.WithBackoff(func() backoff.BackOff {
 				return countingBackOff{backoff.NewConstantBackOff(20 * time.Millisecond), &waits}
-			}))
+			}), noSpread)
 		r := start(t, sub)
 		eventually(t, waitLong, func() bool { return gw.Stats().Accepted >= 10 }, "not reconnecting")
 		began := time.Now()
@@ -238,9 +238,9 @@ func TestStableStreamResetsBackOff(t *testing.T) {
 			gw := startGateway(t)
 			var resets atomic.Int64
 			sub := stream.NewSubscriber(dial(t, gw.Addr()), testutil.NewStore(t, agent), stream.WithCredentialToken(token), stream.WithLogger(nil),
-				stream.WithBackOff(func() backoff.BackOff {
+				stream.WithBackoff(func() backoff.BackOff {
 					return resetCounter{backoff.NewConstantBackOff(10 * time.Millisecond), &resets}
-				}),
+				}), noSpread,
 				stream.WithStableAfterForTest(tc.stable))
 			start(t, sub)
 			waitReady(t, sub)
@@ -264,3 +264,31 @@ type resetCounter struct {
 }
 
 func (r resetCounter) Reset() { r.n.Add(1); r.BackOff.Reset() }
+
+// TestReconnectSpread: the first attempt of Run subscribes at once, however
+// wide the spread; after a lost stream the next subscribe waits a random
+// time within the spread, in state Connecting, and Run still returns at
+// once when cancelled meanwhile.
+func TestReconnectSpread(t *testing.T) {
+	gw := startGateway(t)
+	sub := stream.NewSubscriber(dial(t, gw.Addr()), testutil.NewStore(t, agent), stream.WithCredentialToken(token), stream.WithLogger(nil),
+		stream.WithBackoff(fastBackoff), stream.WithReconnectSpread(time.Hour))
+	r := start(t, sub)
+	waitReady(t, sub) // within waitLong of an hour's spread: the first attempt is not delayed
+
+	gw.DropAll(codes.Unavailable)
+	eventually(t, waitShort, func() bool { return sub.Status().State == stream.Connecting && sub.Status().Attempts == 1 }, "not waiting to re-subscribe")
+	// An observation window, not a synchronisation: a subscribe within it
+	// would mean the spread was not waited. False failure: the chance that
+	// a draw from [0, 1 h) falls below 300 ms, 8e-5.
+	select {
+	case <-time.After(300 * time.Millisecond):
+	case <-t.Context().Done():
+	}
+	if n := gw.Stats().Accepted; n != 1 || sub.Connected() {
+		t.Fatalf("%d subscribes, connected %v, 300 ms into a spread of an hour: want 1, not connected", n, sub.Connected())
+	}
+	if took := r.stop(t); took > 100*time.Millisecond {
+		t.Fatalf("Run returned %v after cancel during the spread, want <= 100ms", took)
+	}
+}

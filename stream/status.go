@@ -2,8 +2,6 @@ package stream
 
 import (
 	"context"
-	"errors"
-	"io"
 	"log/slog"
 	"strconv"
 	"time"
@@ -80,9 +78,11 @@ type Status struct {
 	// LastSequence is the sequence number of the last message received
 	// (advisory; see the package documentation).
 	LastSequence uint64
-	// Received counts frames received; Dropped counts those that could
-	// not be decoded or that the store rejected.
-	Received, Dropped uint64
+	// Received counts frames received; Dropped counts those of them that
+	// were dropped: frames that do not decode, signals the store refused,
+	// and frames over the size limit. TooLarge counts the last kind alone:
+	// each ended its stream (see the package documentation, "Input").
+	Received, Dropped, TooLarge uint64
 }
 
 func (s *Subscriber) beginAttempt() {
@@ -102,8 +102,7 @@ func (s *Subscriber) setStateLocked(st State, now time.Time) {
 }
 
 // failed records a failed attempt or a lost stream (liveFor > 0) and logs
-// it: a lost stream always, a failed attempt once per change of state and
-// code (repeats at debug level).
+// it (see logFailure).
 func (s *Subscriber) failed(state State, code codes.Code, err error, wait, liveFor time.Duration) {
 	now := time.Now()
 	s.mu.Lock()
@@ -118,33 +117,7 @@ func (s *Subscriber) failed(state State, code codes.Code, err error, wait, liveF
 	attempts := s.status.Attempts
 	s.mu.Unlock()
 
-	level, msg := slog.LevelDebug, "op-control stream not live"
-	switch {
-	case state == Unauthorized || state == Misconfigured:
-		if changed {
-			level = slog.LevelError
-		}
-	case liveFor > 0:
-		level, msg = slog.LevelWarn, "op-control stream lost: signals published until it is live again are missed"
-	case changed:
-		level = slog.LevelWarn
-	}
-	attrs := []slog.Attr{
-		slog.String("state", state.String()),
-		slog.String("code", code.String()),
-		slog.Int("attempts", attempts),
-		slog.Duration("retry_in", wait),
-	}
-	if liveFor > 0 {
-		attrs = append(attrs, slog.Duration("live_for", liveFor))
-	}
-	if err != nil && !errors.Is(err, io.EOF) {
-		attrs = append(attrs, slog.String("error", err.Error()))
-	}
-	if h := hint(code); h != "" {
-		attrs = append(attrs, slog.String("hint", h))
-	}
-	s.log.LogAttrs(context.Background(), level, msg, attrs...)
+	s.logFailure(state, code, err, attempts, changed, wait, liveFor)
 }
 
 // goLive marks the stream live and returns when.

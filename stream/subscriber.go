@@ -36,6 +36,7 @@ type Subscriber struct {
 	cc       grpc.ClientConnInterface
 	store    *controlstore.Store
 	opts     options
+	cfgErr   error // a configuration that cannot work: Run never dials
 	log      *slog.Logger
 	metrics  *metrics
 	req      wirecodec.Raw
@@ -47,7 +48,7 @@ type Subscriber struct {
 	ready     chan struct{}
 	readyOnce sync.Once
 
-	received, dropped, lastSeq atomic.Uint64
+	received, dropped, tooLarge, lastSeq atomic.Uint64
 
 	mu     sync.Mutex
 	status Status // counters and LastSequence live in the atomics above
@@ -67,8 +68,10 @@ type failureKey struct {
 
 // NewSubscriber returns a subscriber that keeps store up to date from the
 // gateway reached through cc, subscribing with store.Agent(). cc should be
-// a *grpc.ClientConn dialled with DialOptions. It panics when cc or store
-// is nil.
+// a *grpc.ClientConn dialled with GatewayDialOptions. It panics when cc or
+// store is nil (programmer errors); nil options are ignored. A
+// configuration that cannot work, such as a bad credential token, does not
+// panic: the subscriber reports it as state Misconfigured once it runs.
 func NewSubscriber(cc grpc.ClientConnInterface, store *controlstore.Store, opts ...Option) *Subscriber {
 	if cc == nil {
 		panic("stream: NewSubscriber needs a non-nil grpc.ClientConnInterface")
@@ -78,30 +81,37 @@ func NewSubscriber(cc grpc.ClientConnInterface, store *controlstore.Store, opts 
 	}
 	o := defaultOptions()
 	for _, opt := range opts {
-		opt(&o)
+		if opt != nil {
+			opt(&o)
+		}
 	}
 	a := store.Agent()
-	req, err := proto.Marshal(&wirev1.OpControlSubscribeRequest{
-		AgentId: &wirev1.AgentId{OrgId: a.OrgID, TeamId: a.TeamID, AgentId: a.AgentID},
-	})
-	if err != nil {
-		// Only invalid UTF-8 in the agent triple gets here; the gateway
-		// could never match such a triple.
-		panic("stream: NewSubscriber: the store's agent triple does not encode: " + err.Error())
-	}
 	s := &Subscriber{
 		cc:      cc,
 		store:   store,
 		opts:    o,
+		cfgErr:  o.tokenErr,
 		log:     o.logger.With(slog.String("component", "opcontrol/stream"), slog.String("agent_id", a.AgentID)),
 		metrics: newMetrics(o.meterProvider),
-		req:     req,
 		ready:   make(chan struct{}),
 		limits:  make(map[string]*logLimit),
+	}
+	req, err := proto.Marshal(&wirev1.OpControlSubscribeRequest{
+		AgentId: &wirev1.AgentId{OrgId: a.OrgID, TeamId: a.TeamID, AgentId: a.AgentID},
+	})
+	if err != nil && s.cfgErr == nil {
+		// Only invalid UTF-8 in the agent triple gets here, which
+		// controlstore.New refuses; the gateway could never match it.
+		s.cfgErr = &configError{"the store's agent triple does not encode: " + err.Error()}
+	}
+	s.req = req
+	for _, n := range o.notes {
+		s.log.LogAttrs(context.Background(), slog.LevelWarn, "op-control subscriber option adjusted", slog.String("note", n))
 	}
 	s.callOpts = append(append([]grpc.CallOption(nil), o.callOpts...),
 		grpc.WaitForReady(true),
 		grpc.ForceCodecV2(wirecodec.Codec{}),
+		grpc.MaxCallRecvMsgSize(maxFrameSize),
 		grpc.StaticMethod(),
 	)
 	s.guard = guard{store: store, enabled: o.failClosed, after: o.failClosedAfter, log: s.log}
@@ -124,6 +134,7 @@ func (s *Subscriber) Status() Status {
 	st.LastSequence = s.lastSeq.Load()
 	st.Received = s.received.Load()
 	st.Dropped = s.dropped.Load()
+	st.TooLarge = s.tooLarge.Load()
 	return st
 }
 
@@ -131,19 +142,18 @@ func (s *Subscriber) Status() Status {
 // within moments, leaving no goroutine behind. It returns ErrRunning at
 // once if Run is already running; after it returns it may be called again.
 //
-// Each attempt resets the connection's own reconnect backoff (when cc has
-// ResetConnectBackoff, as *grpc.ClientConn does) and waits for the
-// connection to become ready for the next backoff interval (at least
-// MinConnectWindow). So the connection is dialled at least once per backoff
-// interval however long the gateway was away, and the stream is live again
-// within about DefaultMaxInterval × 1.5 of the gateway's return.
+// The first attempt subscribes at once. After a lost stream or a failed
+// attempt, Run waits the backoff's next interval, waits until the
+// connection is ready again (having it dialled every 250 ms meanwhile),
+// and then a random time within the reconnect spread before it
+// subscribes; see the package documentation.
 func (s *Subscriber) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return ErrRunning
 	}
 	defer s.running.Store(false)
 
-	b := s.opts.newBackOff()
+	b := s.opts.newBackoff()
 	b.Reset()
 	now := time.Now()
 	s.mu.Lock()
@@ -162,38 +172,50 @@ func (s *Subscriber) Run(ctx context.Context) error {
 
 	// One backoff draw per failed attempt: it is both the wait before the
 	// next attempt and that attempt's connect window (at least
-	// MinConnectWindow), so the waits follow the backoff's own schedule.
-	window := MinConnectWindow
+	// minConnectWindow), so the waits follow the backoff's own schedule.
+	window := minConnectWindow
+	spread := false // the first attempt subscribes at once
 	for first := true; ; first = false {
+		if s.cfgErr != nil {
+			// Nothing to dial with: report it, slowly, for health probes.
+			s.beginAttempt()
+			wait := slowWait(s.opts.misconfigWait)
+			s.failed(Misconfigured, codes.InvalidArgument, s.cfgErr, wait, 0)
+			if !sleep(ctx, wait) {
+				return nil
+			}
+			continue
+		}
 		if !first {
 			s.metrics.reconnect(s.Status().LastCode)
 		}
-		out := s.attempt(ctx, window)
+		out := s.attempt(ctx, window, spread)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if out.liveFor >= s.opts.stableAfter {
 			b.Reset()
 		}
-		interval := nextBackOff(b, s.opts.misconfigWait)
-		window = max(interval, MinConnectWindow)
+		interval := nextBackoff(b, s.opts.misconfigWait)
+		window = max(interval, minConnectWindow)
 		if out.notReady {
 			// The attempt already waited its whole window.
 			s.failed(Connecting, codes.Unavailable, out.err, 0, 0)
+			spread = true
 			continue
 		}
 		state, code := classify(out.err)
 		wait := interval
-		if state != Backoff {
+		// A rejection that means misconfiguration already waits 5-7.5 s,
+		// jittered; every other failure is spread once the connection is
+		// ready again.
+		spread = state == Backoff
+		if !spread {
 			wait = max(wait, slowWait(s.opts.misconfigWait))
 		}
 		s.failed(state, code, out.err, wait, out.liveFor)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleep(ctx, wait) {
 			return nil
-		case <-t.C:
 		}
 	}
 }

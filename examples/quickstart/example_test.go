@@ -35,7 +35,7 @@ func Example() {
 	// The store records what the operator decided; the subscriber keeps it
 	// in step with the gateway, reconnecting for ever.
 	store, _ := controlstore.New(agent)
-	gwConn, _ := grpc.NewClient(gatewayAddr, append(stream.DialOptions(),
+	gwConn, _ := grpc.NewClient(gatewayAddr, append(stream.GatewayDialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	sub := stream.NewSubscriber(gwConn, store, stream.WithCredentialToken(token))
 	go func() { _ = sub.Run(ctx) }() // returns when ctx ends
