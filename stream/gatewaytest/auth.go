@@ -19,7 +19,8 @@ const (
 
 // credentialToken resolves the caller's token like the real gateway's
 // enrich interceptor: x-aa-credential-token first (ASCII, trimmed, empty
-// means absent), otherwise "Bearer "/"bearer " in authorization (trimmed).
+// means absent), otherwise authorization (ASCII), trimmed, then "Bearer "
+// or "bearer " cut off and the rest trimmed: "  Bearer tok" is accepted.
 // Only the first value of each key is read. It returns "" for no token.
 func credentialToken(md metadata.MD) string {
 	if v := md.Get(CredentialTokenKey); len(v) > 0 && isASCII(v[0]) {
@@ -28,8 +29,9 @@ func credentialToken(md metadata.MD) string {
 		}
 	}
 	if v := md.Get(AuthorizationKey); len(v) > 0 && isASCII(v[0]) {
+		auth := strings.TrimSpace(v[0])
 		for _, prefix := range [...]string{"Bearer ", "bearer "} {
-			if rest, ok := strings.CutPrefix(v[0], prefix); ok {
+			if rest, ok := strings.CutPrefix(auth, prefix); ok {
 				return strings.TrimSpace(rest)
 			}
 		}
@@ -65,7 +67,9 @@ func (g *Gateway) RevokeToken(token string) {
 
 // identity is what the real gateway hashes (SHA-256, first 16 bytes) to
 // bind a subscription to its caller: "{org}/{team}/{agent}". Comparing the
-// joined strings reproduces its behaviour, ambiguity on "/" included.
+// joined strings reproduces its behaviour, including its ambiguity: a "/"
+// inside a field moves between fields unnoticed, so org "a/b" with team
+// "c" is the identity of org "a" with team "b/c".
 func identity(a controlstore.Agent) string {
 	return a.OrgID + "/" + a.TeamID + "/" + a.AgentID
 }

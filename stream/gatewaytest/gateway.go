@@ -71,11 +71,17 @@ func (s *subscription) drop(err error) {
 }
 
 // Start starts a gateway listening on the configured address (default a
-// free loopback port). Close it when done.
+// free loopback port). Close it when done. Nil options are ignored; an
+// option out of range is an error.
 func Start(opts ...Option) (*Gateway, error) {
 	o := options{addr: defaultAddr, ringCap: DefaultRingCapacity, tokens: map[string]controlstore.Agent{}}
 	for _, opt := range opts {
-		opt(&o)
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if o.err != nil {
+		return nil, o.err
 	}
 	g := &Gateway{
 		opts:        o,
