@@ -277,7 +277,7 @@ func scenarioAuthRevoked(t *testing.T) {
 	stillHeld(t, c, 1, held)
 
 	// Let it be refused at least twice before restoring the credential.
-	waitUntil(t, 3*docMisconfiguredWait, "a second refused subscribe", func() bool {
+	waitUntil(t, 3*misconfiguredWait, "a second refused subscribe", func() bool {
 		n := 0
 		for _, ev := range c.subscribeEvents() {
 			if ev.Code == codes.Unauthenticated {
@@ -296,8 +296,8 @@ func scenarioAuthRevoked(t *testing.T) {
 		}
 	}
 	for i := 1; i < len(refused); i++ {
-		if gap := refused[i].Sub(refused[i-1]); gap < docMisconfiguredWait-100*time.Millisecond {
-			t.Errorf("refused subscribes %v apart, want at least %v", gap, docMisconfiguredWait)
+		if gap := refused[i].Sub(refused[i-1]); gap < misconfiguredWait-100*time.Millisecond {
+			t.Errorf("refused subscribes %v apart, want at least %v", gap, misconfiguredWait)
 		}
 	}
 	t.Logf("refused %d times while unauthorized; live again %v after the credential came back", len(refused),

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -16,33 +17,29 @@ import (
 	"github.com/opcontrol/opcontrol/stream/gatewaytest"
 )
 
-// The reconnect schedule package stream documents ("Reconnecting"): the
-// suite holds the subscriber to the documented numbers.
-const (
-	docInitialInterval   = 250 * time.Millisecond
-	docMultiplier        = 2.0
-	docMaxInterval       = 3 * time.Second
-	docRandomization     = 0.5
-	docMisconfiguredWait = 5 * time.Second
-)
+// misconfiguredWait is the shortest wait after a rejection that means
+// misconfiguration, as package stream documents it ("Rejections").
+const misconfiguredWait = 5 * time.Second
 
-// maxAttempts is the most attempts the documented schedule allows in w:
-// the first at once, then waits no shorter than half of 250 ms, 500 ms,
-// 1 s, 2 s, 3 s, 3 s, ... (±50 % jitter), or, for slow codes, no shorter
-// than 5 s. (The reconnect spread only lengthens the waits.)
+// maxAttempts is the most attempts the default schedule allows in w: the
+// first at once, then waits no shorter than 1 − RandomizationFactor of
+// DefaultBackoff's intervals (250 ms, 500 ms, 1 s, 2 s, 3 s, 3 s, ...; ±50 %
+// jitter), or, for slow codes, no shorter than misconfiguredWait. (The
+// reconnect spread only lengthens the waits.)
 func maxAttempts(w time.Duration, slow bool) int {
+	b := stream.DefaultBackoff().(*backoff.ExponentialBackOff)
 	n, t := 1, time.Duration(0)
-	interval := docInitialInterval
+	interval := b.InitialInterval
 	for {
-		wait := time.Duration(float64(interval) * (1 - docRandomization))
+		wait := time.Duration(float64(interval) * (1 - b.RandomizationFactor))
 		if slow {
-			wait = docMisconfiguredWait
+			wait = misconfiguredWait
 		}
 		if t += wait; t > w {
 			return n
 		}
 		n++
-		interval = min(time.Duration(float64(interval)*docMultiplier), docMaxInterval)
+		interval = min(time.Duration(float64(interval)*b.Multiplier), b.MaxInterval)
 	}
 }
 

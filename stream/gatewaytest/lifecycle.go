@@ -109,12 +109,8 @@ func (g *Gateway) Restart() error {
 func (g *Gateway) Close() {
 	g.mu.Lock()
 	g.closed = true
-	held := g.held
-	g.held = nil
 	g.mu.Unlock()
-	if held != nil {
-		close(held)
-	}
+	g.ReleaseDelivery() // a held handler would keep Stop waiting
 	g.Stop()
 	g.serving.Wait()
 }
