@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/opcontrol/opcontrol/controlstore"
@@ -114,6 +117,79 @@ func TestHerdFalseFailure(t *testing.T) {
 // herdN is the size of TestHerdReconnect's fleet.
 const herdN = 100
 
+// herdConn is one subscriber's connection in TestHerdReconnect. It
+// records, once armed, when the dial that succeeded started, when the
+// connection became ready, and when the subscriber first opened a stream:
+// the moments that split a subscriber's way back into its own schedule and
+// the machine's work. Embedding *grpc.ClientConn keeps the connectivity
+// methods the subscriber uses.
+type herdConn struct {
+	*grpc.ClientConn
+	armed                       *atomic.Bool
+	dialStart, ready, newStream atomic.Int64 // UnixNano; 0 until it happened
+}
+
+func (c *herdConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if c.armed.Load() {
+		c.newStream.CompareAndSwap(0, time.Now().UnixNano())
+	}
+	return c.ClientConn.NewStream(ctx, desc, method, opts...)
+}
+
+// watchReady records when the connection is next ready.
+func (c *herdConn) watchReady(ctx context.Context) {
+	for {
+		st := c.GetState()
+		if st == connectivity.Ready {
+			c.ready.Store(time.Now().UnixNano())
+			return
+		}
+		if !c.WaitForStateChange(ctx, st) {
+			return
+		}
+	}
+}
+
+func at(ns *atomic.Int64) time.Time { return time.Unix(0, ns.Load()) }
+
+// stallMeter adds up how long the process could not run timers: the
+// lateness of a 10 ms ticker beyond 10 ms of jitter, tick after tick.
+// A subscriber's own timers (its redial poll, its spread) are late by no
+// more than that in total.
+type stallMeter struct {
+	total      time.Duration
+	stop, done chan struct{}
+}
+
+func startStallMeter() *stallMeter {
+	m := &stallMeter{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(m.done)
+		const every, jitter = 10 * time.Millisecond, 10 * time.Millisecond
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		last := time.Now()
+		for {
+			select {
+			case <-m.stop:
+				return
+			case <-tick.C:
+				now := time.Now()
+				m.total += max(now.Sub(last)-every-jitter, 0)
+				last = now
+			}
+		}
+	}()
+	return m
+}
+
+// Stop ends the measurement and returns the total.
+func (m *stallMeter) Stop() time.Duration {
+	close(m.stop)
+	<-m.done
+	return m.total
+}
+
 // TestHerdReconnect: 100 subscribers on one gateway, which crashes and
 // comes back 3 s later. Their re-subscribes must be spread: no 1-second
 // window may hold more than 40 % of them (the gateway's subscribe observer
@@ -121,19 +197,35 @@ const herdN = 100
 // gateway's return. Not parallel: 100 connections under -race load the
 // machine.
 //
-// Both parts are stable on a loaded machine. Each subscriber, once its
-// connection is ready again (within 250 ms of the gateway's return: it has
-// it dialled that often), waits a uniform random time in [0, 5 s) before
-// it subscribes; the draws are independent. So the busiest second holds 41
-// or more with probability 9·10⁻⁵ (TestHerdFalseFailure); a machine slow
-// to run timers delays subscribes, which spreads them further, except for
-// a stall long enough to gather a second's worth, which would also have to
-// last over 0.5 s. The last subscribe comes at most 0.25 s + 5 s after the
-// return, plus a dial and a round trip on loopback: 0.7 s of the 6 s are
-// left for a slow machine.
+// Both parts are made stable on a loaded machine. The spread: each
+// subscriber, once its connection is ready again, waits a uniform random
+// time in [0, 5 s) before it subscribes, independently of the others, so
+// the busiest second holds 41 or more with probability 9·10⁻⁵
+// (TestHerdFalseFailure); a machine slow to run timers delays subscribes,
+// which spreads them further, unless it stalls long enough to gather a
+// second's worth into one instant.
+//
+// The live bound: a subscriber's way back is its own schedule (it has the
+// connection dialled within 250 ms of the gateway's return, and subscribes
+// less than 5 s after the connection is ready) plus the machine's work: the
+// dial and HTTP/2 handshake (from the start of the dial that succeeded to
+// the connection being ready), the subscribe round trip (from NewStream to
+// the gateway's admission), and the time the process could not run timers
+// at all (stallMeter), which makes the subscriber's own timers late. The
+// machine's part takes a few milliseconds on an idle loopback, but the
+// first subscriber came back only after 1.4 s once, when the whole
+// repository's tests ran beside this one. So the test measures it and
+// asserts the schedule: the time back minus the machine's part, plus an
+// idle machine's 100 ms, must be within 6 s. A subscriber that dialled late
+// or waited too long still fails it; a busy machine does not.
 func TestHerdReconnect(t *testing.T) {
-	const n = herdN
-	down := 3 * time.Second
+	const (
+		n    = herdN
+		down = 3 * time.Second
+		// idleMachine bounds the dial, handshake and subscribe round trip
+		// on an idle loopback, generously (they take a few ms).
+		idleMachine = 100 * time.Millisecond
+	)
 	// The first admission of each agent counts (an attempt whose connect
 	// window ends just after the gateway admitted it subscribes again).
 	var mu sync.Mutex
@@ -155,13 +247,28 @@ func TestHerdReconnect(t *testing.T) {
 		cancel()
 		wg.Wait()
 	}()
+	var armed atomic.Bool
+	conns := make([]*herdConn, n)
+	agents := make([]controlstore.Agent, n)
 	for i := range n {
-		cc, err := grpc.NewClient(gw.Addr(), append(stream.GatewayDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+		hc := &herdConn{armed: &armed}
+		dialer := func(ctx context.Context, addr string) (net.Conn, error) {
+			start := time.Now()
+			c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+			if err == nil && armed.Load() {
+				hc.dialStart.CompareAndSwap(0, start.UnixNano())
+			}
+			return c, err
+		}
+		cc, err := grpc.NewClient(gw.Addr(), append(stream.GatewayDialOptions(),
+			grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(dialer))...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = cc.Close() })
-		sub := stream.NewSubscriber(cc, testutil.NewStore(t, testAgent(fmt.Sprintf("Herd%03d", i))), stream.WithLogger(logger()))
+		hc.ClientConn, conns[i] = cc, hc
+		agents[i] = testAgent(fmt.Sprintf("Herd%03d", i))
+		sub := stream.NewSubscriber(hc, testutil.NewStore(t, agents[i]), stream.WithLogger(logger()))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -170,30 +277,45 @@ func TestHerdReconnect(t *testing.T) {
 	}
 	wctx, wcancel := context.WithTimeout(ctx, waitLong)
 	defer wcancel()
+	allObserved := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(admitted) == n
+	}
+	// The observer runs just after a subscription is counted: wait for it
+	// too, so that no admission from before the outage lands after clear.
 	if err := gw.WaitForSubscribers(wctx, n); err != nil {
 		t.Fatal(err)
 	}
+	waitUntil(t, waitLong, "every admission observed", allObserved)
 	gw.Stop()
 	mu.Lock()
 	clear(admitted)
 	mu.Unlock()
 	<-time.After(down) // the outage itself
+	var watch sync.WaitGroup
+	for _, hc := range conns {
+		watch.Go(func() { hc.watchReady(wctx) })
+	}
+	armed.Store(true)
 	if err := gw.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	back := time.Now()
+	stalls := startStallMeter()
 	if err := gw.WaitForSubscribers(wctx, n); err != nil {
 		t.Fatal(err)
 	}
+	waitUntil(t, waitLong, "every admission observed", allObserved)
+	stalled := stalls.Stop()
+	watch.Wait()
+
 	mu.Lock()
-	var times []time.Time
+	times := make([]time.Time, 0, n)
 	for _, at := range admitted {
 		times = append(times, at)
 	}
 	mu.Unlock()
-	if len(times) != n {
-		t.Fatalf("%d agents subscribed again, want %d", len(times), n)
-	}
 	slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
 	worst := maxInWindow(times, time.Second)
 	first, last := times[0].Sub(back), times[n-1].Sub(back)
@@ -202,7 +324,23 @@ func TestHerdReconnect(t *testing.T) {
 	if worst > n*40/100 {
 		t.Errorf("%d of %d subscribers re-subscribed within one second, want at most 40 %%", worst, n)
 	}
-	if last > 6*time.Second {
-		t.Errorf("the last subscriber was live again %v after the gateway's return, want within 6 s", last)
+
+	var slowest, busiest time.Duration // the longest schedule, the largest machine part
+	for i, hc := range conns {
+		mu.Lock()
+		admit := admitted[agents[i]]
+		mu.Unlock()
+		if hc.dialStart.Load() == 0 || hc.ready.Load() == 0 || hc.newStream.Load() == 0 {
+			t.Fatalf("subscriber %d: dial, ready or NewStream not seen after the restart", i)
+		}
+		machine := at(&hc.ready).Sub(at(&hc.dialStart)) + admit.Sub(at(&hc.newStream)) + stalled
+		own := admit.Sub(back) - machine
+		slowest, busiest = max(slowest, own), max(busiest, machine)
+		if own+idleMachine > 6*time.Second {
+			t.Errorf("subscriber %d back %v after the gateway's return, of which the machine took %v: its own schedule took %v, want it within 6 s less %v",
+				i, admit.Sub(back).Round(time.Millisecond), machine.Round(time.Millisecond), own.Round(time.Millisecond), idleMachine)
+		}
 	}
+	t.Logf("slowest own schedule %v (limit %v); largest machine part %v, of which stalls %v",
+		slowest.Round(time.Millisecond), 6*time.Second-idleMachine, busiest.Round(time.Millisecond), stalled.Round(time.Millisecond))
 }
