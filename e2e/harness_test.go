@@ -144,12 +144,15 @@ func dial(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 	return cc
 }
 
-// fastReconnect replaces the default backoff (250 ms to 3 s) so that tests
-// of disconnects do not wait for it; the subscriber still waits at least
-// 1 s per attempt while the gateway is away, and the default reconnect
-// spread (up to 5 s) before it re-subscribes.
-func fastReconnect() stream.Option {
-	return stream.WithBackoff(func() backoff.BackOff { return backoff.NewConstantBackOff(10 * time.Millisecond) })
+// fastReconnect replaces the default backoff (250 ms to 3 s) and turns the
+// reconnect spread (up to 5 s) off, so that tests of disconnects do not
+// wait for them; the subscriber still waits at least 1 s per attempt while
+// the gateway is away.
+func fastReconnect() []stream.Option {
+	return []stream.Option{
+		stream.WithBackoff(func() backoff.BackOff { return backoff.NewConstantBackOff(10 * time.Millisecond) }),
+		stream.WithReconnectSpread(0),
+	}
 }
 
 // signal publishes sig for id through the gateway's publish API, choosing
