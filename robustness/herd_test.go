@@ -152,20 +152,22 @@ func (c *herdConn) watchReady(ctx context.Context) {
 
 func at(ns *atomic.Int64) time.Time { return time.Unix(0, ns.Load()) }
 
-// stallMeter adds up how long the process could not run timers: the
-// lateness of a 10 ms ticker beyond 10 ms of jitter, tick after tick.
-// A subscriber's own timers (its redial poll, its spread) are late by no
-// more than that in total.
+// stallMeter measures how long the process could not run timers: the
+// lateness of a 10 ms ticker beyond 10 ms of jitter, tick after tick. A
+// subscriber's own timers (its redial poll, its spread) are late by no
+// more than the total. Long stalls (100 ms or more) also gather the
+// subscribes due meanwhile into the instant after them; they are summed
+// apart.
 type stallMeter struct {
-	total      time.Duration
-	stop, done chan struct{}
+	total, long time.Duration
+	stop, done  chan struct{}
 }
 
 func startStallMeter() *stallMeter {
 	m := &stallMeter{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(m.done)
-		const every, jitter = 10 * time.Millisecond, 10 * time.Millisecond
+		const every, jitter, longStall = 10 * time.Millisecond, 10 * time.Millisecond, 100 * time.Millisecond
 		tick := time.NewTicker(every)
 		defer tick.Stop()
 		last := time.Now()
@@ -175,7 +177,11 @@ func startStallMeter() *stallMeter {
 				return
 			case <-tick.C:
 				now := time.Now()
-				m.total += max(now.Sub(last)-every-jitter, 0)
+				late := max(now.Sub(last)-every-jitter, 0)
+				m.total += late
+				if late >= longStall {
+					m.long += late
+				}
 				last = now
 			}
 		}
@@ -183,11 +189,11 @@ func startStallMeter() *stallMeter {
 	return m
 }
 
-// Stop ends the measurement and returns the total.
-func (m *stallMeter) Stop() time.Duration {
+// Stop ends the measurement and returns the total and the long stalls.
+func (m *stallMeter) Stop() (total, long time.Duration) {
 	close(m.stop)
 	<-m.done
-	return m.total
+	return m.total, m.long
 }
 
 // TestHerdReconnect: 100 subscribers on one gateway, which crashes and
@@ -201,9 +207,18 @@ func (m *stallMeter) Stop() time.Duration {
 // subscriber, once its connection is ready again, waits a uniform random
 // time in [0, 5 s) before it subscribes, independently of the others, so
 // the busiest second holds 41 or more with probability 9·10⁻⁵
-// (TestHerdFalseFailure); a machine slow to run timers delays subscribes,
-// which spreads them further, unless it stalls long enough to gather a
-// second's worth into one instant.
+// (TestHerdFalseFailure). A machine slow to run timers delays subscribes,
+// which spreads them further, except when the whole process stands still:
+// the subscribes due during a stall then all happen in the instant after
+// it, 20 a second of stall on average (n/spread). That is an artefact of
+// running the fleet in one process (real agents do not stall together),
+// and it happened: a 1 s stall once put 44 into one second while the whole
+// repository's tests ran beside this one. So the limit of 40 is raised by
+// 20 for each second of long stalls (100 ms or more) measured during the
+// recovery (rounded up); with none, it is exactly 40 %. The false-failure
+// probability stays below the stall-free one: simulated with one stall of
+// 0.1, 0.2, 0.5, 1 or 2 s at a random moment, 10⁶ herds each, at most
+// 2·10⁻⁵.
 //
 // The live bound: a subscriber's way back is its own schedule (it has the
 // connection dialled within 250 ms of the gateway's return, and subscribes
@@ -307,7 +322,7 @@ func TestHerdReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, waitLong, "every admission observed", allObserved)
-	stalled := stalls.Stop()
+	stalled, longStalls := stalls.Stop()
 	watch.Wait()
 
 	mu.Lock()
@@ -319,10 +334,12 @@ func TestHerdReconnect(t *testing.T) {
 	slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
 	worst := maxInWindow(times, time.Second)
 	first, last := times[0].Sub(back), times[n-1].Sub(back)
-	t.Logf("%d subscribers back between %v and %v after the restart (spread %v); busiest 1 s window: %d (%d%%)",
-		n, first.Round(time.Millisecond), last.Round(time.Millisecond), (last - first).Round(time.Millisecond), worst, 100*worst/n)
-	if worst > n*40/100 {
-		t.Errorf("%d of %d subscribers re-subscribed within one second, want at most 40 %%", worst, n)
+	limit := n*40/100 + int(math.Ceil(float64(n)*longStalls.Seconds()/stream.DefaultReconnectSpread.Seconds()))
+	t.Logf("%d subscribers back between %v and %v after the restart (spread %v); busiest 1 s window: %d (%d%%; limit %d, stalls %v of which long %v)",
+		n, first.Round(time.Millisecond), last.Round(time.Millisecond), (last - first).Round(time.Millisecond), worst, 100*worst/n,
+		limit, stalled.Round(time.Millisecond), longStalls.Round(time.Millisecond))
+	if worst > limit {
+		t.Errorf("%d of %d subscribers re-subscribed within one second, want at most %d (40 %%, plus %v of long stalls' worth)", worst, n, limit, longStalls.Round(time.Millisecond))
 	}
 
 	var slowest, busiest time.Duration // the longest schedule, the largest machine part
