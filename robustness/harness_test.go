@@ -74,7 +74,7 @@ func logger() *slog.Logger {
 
 // options of a cluster.
 type options struct {
-	dial    []grpc.DialOption // subscriber connection; default stream.DialOptions()
+	dial    []grpc.DialOption // subscriber connection; default stream.GatewayDialOptions()
 	sub     []stream.Option
 	gw      []gatewaytest.Option
 	store   []controlstore.Option
@@ -149,7 +149,7 @@ func newCluster(t testing.TB, o options) *cluster {
 	c.store = testutil.NewStore(t, c.agent, o.store...)
 	dial := o.dial
 	if dial == nil {
-		dial = stream.DialOptions()
+		dial = stream.GatewayDialOptions()
 	}
 	cc, err := grpc.NewClient(c.proxy.Addr(), append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, dial...)...)
 	if err != nil {

@@ -198,7 +198,7 @@ func scenarioResetWhileHeld(t *testing.T) {
 // grpc) to 10 s, so Time cannot be shorter; Timeout can. A half-open link is
 // noticed at most Time + Timeout after the last byte read (a ping goes out
 // Time after the last read, and the transport closes Timeout later without
-// its ack), so here within 11 s, and within 15 s with stream.DialOptions.
+// its ack), so here within 11 s, and within 15 s with stream.GatewayDialOptions.
 const (
 	halfOpenTime    = 10 * time.Second
 	halfOpenTimeout = time.Second
@@ -209,7 +209,7 @@ const (
 // the subscriber must notice within Time + Timeout, reconnect once the link
 // heals, and the pause it held meanwhile must still hold.
 func scenarioHalfOpen(t *testing.T) {
-	dial := append(stream.DialOptions(), grpc.WithKeepaliveParams(keepalive.ClientParameters{
+	dial := append(stream.GatewayDialOptions(), grpc.WithKeepaliveParams(keepalive.ClientParameters{
 		Time: halfOpenTime, Timeout: halfOpenTimeout, PermitWithoutStream: true,
 	}))
 	c := newCluster(t, options{dial: dial})
@@ -277,7 +277,7 @@ func scenarioAuthRevoked(t *testing.T) {
 	stillHeld(t, c, 1, held)
 
 	// Let it be refused at least twice before restoring the credential.
-	waitUntil(t, 3*stream.MisconfiguredRetryInterval, "a second refused subscribe", func() bool {
+	waitUntil(t, 3*misconfiguredWait, "a second refused subscribe", func() bool {
 		n := 0
 		for _, ev := range c.subscribeEvents() {
 			if ev.Code == codes.Unauthenticated {
@@ -296,8 +296,8 @@ func scenarioAuthRevoked(t *testing.T) {
 		}
 	}
 	for i := 1; i < len(refused); i++ {
-		if gap := refused[i].Sub(refused[i-1]); gap < stream.MisconfiguredRetryInterval-100*time.Millisecond {
-			t.Errorf("refused subscribes %v apart, want at least %v", gap, stream.MisconfiguredRetryInterval)
+		if gap := refused[i].Sub(refused[i-1]); gap < misconfiguredWait-100*time.Millisecond {
+			t.Errorf("refused subscribes %v apart, want at least %v", gap, misconfiguredWait)
 		}
 	}
 	t.Logf("refused %d times while unauthorized; live again %v after the credential came back", len(refused),

@@ -54,12 +54,12 @@ func TestSoak(t *testing.T) {
 	cycles := envInt("OPCONTROL_SOAK_CYCLES", 1000)
 	signals := envInt("OPCONTROL_SOAK_SIGNALS", 10000)
 	perCycle := max(signals/cycles, 8)
-	dial := append(stream.DialOptions(), grpc.WithKeepaliveParams(keepalive.ClientParameters{
+	dial := append(stream.GatewayDialOptions(), grpc.WithKeepaliveParams(keepalive.ClientParameters{
 		Time: halfOpenTime, Timeout: halfOpenTimeout, PermitWithoutStream: true,
 	}))
 	h := NewHistory()
 	base := resources(h, "baseline")
-	c := newCluster(t, options{dial: dial, sub: []stream.Option{stream.WithBackOff(soakBackOff)}, history: h})
+	c := newCluster(t, options{dial: dial, sub: []stream.Option{stream.WithBackoff(soakBackOff), stream.WithReconnectSpread(0)}, history: h})
 	c.waitLive(waitLong)
 	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
 	agent := controlstore.AgentOpIDPrefix + c.agent.AgentID

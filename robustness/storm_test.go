@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -16,23 +17,29 @@ import (
 	"github.com/opcontrol/opcontrol/stream/gatewaytest"
 )
 
-// maxAttempts is the most attempts the documented schedule allows in w:
-// the first at once, then waits no shorter than half of 250 ms, 500 ms,
-// 1 s, 2 s, 3 s, 3 s, ... (±50 % jitter), or, for slow codes, no shorter
-// than MisconfiguredRetryInterval.
+// misconfiguredWait is the shortest wait after a rejection that means
+// misconfiguration, as package stream documents it ("Rejections").
+const misconfiguredWait = 5 * time.Second
+
+// maxAttempts is the most attempts the default schedule allows in w: the
+// first at once, then waits no shorter than 1 − RandomizationFactor of
+// DefaultBackoff's intervals (250 ms, 500 ms, 1 s, 2 s, 3 s, 3 s, ...; ±50 %
+// jitter), or, for slow codes, no shorter than misconfiguredWait. (The
+// reconnect spread only lengthens the waits.)
 func maxAttempts(w time.Duration, slow bool) int {
+	b := stream.DefaultBackoff().(*backoff.ExponentialBackOff)
 	n, t := 1, time.Duration(0)
-	interval := stream.DefaultInitialInterval
+	interval := b.InitialInterval
 	for {
-		wait := time.Duration(float64(interval) * (1 - stream.DefaultRandomizationFactor))
+		wait := time.Duration(float64(interval) * (1 - b.RandomizationFactor))
 		if slow {
-			wait = stream.MisconfiguredRetryInterval
+			wait = misconfiguredWait
 		}
 		if t += wait; t > w {
 			return n
 		}
 		n++
-		interval = min(time.Duration(float64(interval)*stream.DefaultMultiplier), stream.DefaultMaxInterval)
+		interval = min(time.Duration(float64(interval)*b.Multiplier), b.MaxInterval)
 	}
 }
 
@@ -94,7 +101,7 @@ func TestRejectStorm(t *testing.T) {
 		} else {
 			gw.RejectNext(1<<30, tc.code)
 		}
-		cc, err := grpc.NewClient(gw.Addr(), append(stream.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+		cc, err := grpc.NewClient(gw.Addr(), append(stream.GatewayDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,7 +15,7 @@ import (
 func TestTwoSubscribersOneStore(t *testing.T) {
 	gw1, gw2 := startGateway(t), startGateway(t)
 	store := testutil.NewStore(t, agent)
-	opts := []stream.Option{stream.WithCredentialToken(token), stream.WithBackOff(fastBackOff),
+	opts := []stream.Option{stream.WithCredentialToken(token), stream.WithBackoff(fastBackoff), stream.WithReconnectSpread(0),
 		stream.WithFailClosedAfter(0), stream.WithLogger(nil)}
 	sub1 := stream.NewSubscriber(dial(t, gw1.Addr()), store, opts...)
 	sub2 := stream.NewSubscriber(dial(t, gw2.Addr()), store, opts...)
