@@ -372,6 +372,20 @@ func connLogging(log *slog.Logger) []nats.Option {
 			log.LogAttrs(context.Background(), slog.LevelInfo, "op-control bus reconnected",
 				slog.String("server", nc.ConnectedUrlRedacted()))
 		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			// Permission violations are reported by the subscriber, as
+			// Unauthorized; anything else (a slow consumer dropping
+			// messages) matters here.
+			level := slog.LevelWarn
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				level = slog.LevelDebug
+			}
+			attrs := []slog.Attr{slog.String("error", err.Error())}
+			if sub != nil {
+				attrs = append(attrs, slog.String("subject", sub.Subject))
+			}
+			log.LogAttrs(context.Background(), level, "op-control bus error", attrs...)
+		}),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			log.LogAttrs(context.Background(), slog.LevelInfo, "op-control bus connected",
 				slog.String("server", nc.ConnectedUrlRedacted()))

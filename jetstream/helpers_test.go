@@ -71,13 +71,37 @@ func adminConn(t testing.TB, srv *jetstreamtest.Server) *nats.Conn {
 	return nc
 }
 
-func publisher(t testing.TB, srv *jetstreamtest.Server) *jetstreamtest.Publisher {
+// testPub is a publisher and its connection.
+type testPub struct {
+	*jetstreamtest.Publisher
+	nc *nats.Conn
+}
+
+func publisher(t testing.TB, srv *jetstreamtest.Server) *testPub {
 	t.Helper()
-	p, err := jetstreamtest.NewPublisher(adminConn(t, srv))
+	nc := adminConn(t, srv)
+	p, err := jetstreamtest.NewPublisher(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p
+	return &testPub{p, nc}
+}
+
+// restart restarts srv and waits until each of ncs has reconnected: a
+// publish on a connection that has not yet noticed the restart is lost,
+// as with a real server (the operator API then answers 503).
+func restart(t testing.TB, srv *jetstreamtest.Server, ncs ...*nats.Conn) {
+	t.Helper()
+	before := make([]uint64, len(ncs))
+	for i, nc := range ncs {
+		before[i] = nc.Stats().Reconnects
+	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	for i, nc := range ncs {
+		eventually(t, waitLong, func() bool { return nc.Stats().Reconnects > before[i] && nc.IsConnected() }, "connection %d reconnected", i)
+	}
 }
 
 // fastBackOff: tests about reconnecting are not about the default schedule.
@@ -153,7 +177,8 @@ func waitReady(t testing.TB, sub *jetstream.Subscriber) {
 // waitState waits until the subscriber is in state st.
 func waitState(t testing.TB, sub *jetstream.Subscriber, st jetstream.State) {
 	t.Helper()
-	eventually(t, waitLong, func() bool { return sub.Status().State == st }, "state %v; status %+v", st, sub)
+	var last jetstream.Status
+	eventually(t, waitLong, func() bool { last = sub.Status(); return last.State == st }, "state %v; status %+v", st, &last)
 }
 
 // eventually polls cond until it holds or the deadline passes.

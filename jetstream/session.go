@@ -170,7 +170,8 @@ func (s *Subscriber) streamInfo(ctx context.Context, r *run) (*jsapi.StreamInfo,
 	defer cancel()
 	st, err := s.js.Stream(actx, StreamName)
 	if err != nil {
-		return nil, permissionError(s.nc, "$JS.API.STREAM.INFO."+StreamName, fmt.Errorf("jetstream: stream info: %w", err))
+		return nil, permissionError(s.nc, fmt.Errorf("jetstream: stream info: %w", err),
+			"$JS.API.STREAM.INFO."+StreamName, replyInbox(s.nc))
 	}
 	received := time.Now()
 	info := st.CachedInfo()
@@ -216,20 +217,24 @@ func (s *Subscriber) plan(info *jsapi.StreamInfo, r *run) [numSubjects]jsapi.Con
 			s.pos[i] = position{}
 		}
 		if !s.endedLive {
-			s.reportLossLocked(Loss{Subject: StreamSubjects, Reason: "stream replaced", DetectedAt: now})
+			s.reportLossLocked(Loss{Subjects: []string{StreamSubjects}, Reason: "stream replaced", DetectedAt: now})
 		}
 	}
 	s.streamCreated, s.streamKnown, s.lastInfoAt = info.Created, true, info.TimeStamp
 
 	var cfgs [numSubjects]jsapi.ConsumerConfig
+	var lost *Loss
 	for i := range cfgs {
 		c := &cfgs[i]
 		p := s.pos[i]
 		switch {
 		case p.known:
 			if first > p.seq+1 {
-				s.reportLossLocked(Loss{Subject: s.subjects[i], After: p.seq, FirstSequence: first,
-					Reason: "retention expired", DetectedAt: now})
+				if lost == nil {
+					lost = &Loss{After: p.seq, FirstSequence: first, Reason: "retention expired", DetectedAt: now}
+				}
+				lost.Subjects = append(lost.Subjects, s.subjects[i])
+				lost.After = min(lost.After, p.seq)
 			}
 			c.DeliverPolicy, c.OptStartSeq = jsapi.DeliverByStartSequencePolicy, p.seq+1
 		case replaced:
@@ -244,6 +249,9 @@ func (s *Subscriber) plan(info *jsapi.StreamInfo, r *run) [numSubjects]jsapi.Con
 			start := r.serverStart
 			c.DeliverPolicy, c.OptStartTime = jsapi.DeliverByStartTimePolicy, &start
 		}
+	}
+	if lost != nil {
+		s.reportLossLocked(*lost)
 	}
 	return cfgs
 }
@@ -261,7 +269,7 @@ func (s *Subscriber) reportLossLocked(l Loss) {
 		s.setStateLocked(Lost, l.DetectedAt)
 	}
 	attrs := []slog.Attr{
-		slog.String("subject", l.Subject), slog.String("reason", l.Reason),
+		slog.Any("subjects", l.Subjects), slog.String("reason", l.Reason),
 		slog.Uint64("position", l.After), slog.Uint64("stream_first_sequence", l.FirstSequence),
 		slog.Bool("fail_closed", s.opts.holdOnLoss),
 		slog.String("hint", "halts published while this agent was away may not have been applied; check the operator's recent halts, then call AcknowledgeLoss"),
@@ -269,7 +277,7 @@ func (s *Subscriber) reportLossLocked(l Loss) {
 	s.log.LogAttrs(context.Background(), slog.LevelError,
 		"op-control bus: messages expired before this agent read them; halts may have been lost", attrs...)
 	if s.opts.holdOnLoss {
-		s.src.HoldFailClosed("jetstream: halts may have been lost (" + l.Reason + " on " + l.Subject + "); waiting for AcknowledgeLoss")
+		s.src.HoldFailClosed("jetstream: halts may have been lost (" + l.Reason + "); waiting for AcknowledgeLoss")
 	}
 }
 
@@ -299,14 +307,14 @@ func (s *Subscriber) startConsumer(ctx context.Context, i int, cfg jsapi.Consume
 	pc, err := s.js.CreatePushConsumer(actx, StreamName, cfg)
 	// The server handled the subscription before the request: a refusal
 	// of either has been reported by now.
-	if perr := permissionError(s.nc, inbox, nil); perr != nil {
+	if perr := permissionError(s.nc, nil, `"`+inbox+`"`); perr != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("jetstream: subscribe to the delivery inbox: %w", perr)
 	}
 	if err != nil {
 		_ = sub.Unsubscribe()
-		return nil, permissionError(s.nc, "$JS.API.CONSUMER.CREATE."+StreamName,
-			fmt.Errorf("jetstream: create consumer on %s: %w", s.subjects[i], err))
+		return nil, permissionError(s.nc, fmt.Errorf("jetstream: create consumer on %s: %w", s.subjects[i], err),
+			"$JS.API.CONSUMER.CREATE."+StreamName, replyInbox(s.nc))
 	}
 	ci := pc.CachedInfo()
 	return &consumer{
@@ -564,9 +572,13 @@ func (s *Subscriber) goLive() time.Time {
 func (s *Subscriber) goDown(err error) {
 	s.src.SetLive(false)
 	s.metrics.setUp(false)
+	now := time.Now()
 	s.mu.Lock()
 	s.live = false
-	s.setStateLocked(Backoff, time.Now())
+	s.setStateLocked(Backoff, now)
+	if err != nil {
+		s.status.LastError, s.status.LastErrorAt = err, now
+	}
 	s.mu.Unlock()
 	attrs := []slog.Attr{}
 	if err != nil {

@@ -106,10 +106,11 @@ type SubjectStatus struct {
 // subscriber read them. Whether any of them was a halt of this agent cannot
 // be known: the server keeps nothing of them.
 type Loss struct {
-	// Subject is the subject whose position had been passed.
-	Subject string
-	// After is the subscriber's position: every message of the subject up
-	// to it had been consumed.
+	// Subjects are the subjects whose positions the stream had passed
+	// (StreamSubjects when the stream was replaced).
+	Subjects []string
+	// After is the lowest of their positions: every message of those
+	// subjects up to it had been consumed.
 	After uint64
 	// FirstSequence is the stream's first sequence when the loss was
 	// found: messages After+1 .. FirstSequence-1 are gone. 0 when the

@@ -159,6 +159,7 @@ func (s *Subscriber) Status() Status {
 	}
 	if s.loss != nil {
 		l := *s.loss
+		l.Subjects = append([]string(nil), l.Subjects...)
 		st.Loss = &l
 	}
 	st.Losses = s.losses
@@ -191,7 +192,7 @@ func (s *Subscriber) AcknowledgeLoss() bool {
 		s.src.ReleaseFailClosed()
 	}
 	s.log.LogAttrs(context.Background(), slog.LevelInfo, "op-control bus loss acknowledged",
-		slog.String("subject", l.Subject), slog.Time("detected_at", l.DetectedAt))
+		slog.Any("subjects", l.Subjects), slog.Time("detected_at", l.DetectedAt))
 	return true
 }
 
@@ -389,15 +390,32 @@ func (s *Subscriber) failed(state State, err error, wait time.Duration) {
 }
 
 // permissionError returns the connection's last error, joined to err, if
-// it is a permission violation whose text holds about (a subject): the
-// server reports those asynchronously, and a denied request simply gets no
-// answer. Otherwise it returns err.
-func permissionError(nc *nats.Conn, about string, err error) error {
-	if last := nc.LastError(); errors.Is(last, nats.ErrPermissionViolation) && strings.Contains(last.Error(), about) {
-		if err == nil {
-			return last
+// it is a permission violation whose text holds one of about (subjects):
+// the server reports those asynchronously, and a denied request simply
+// gets no answer. Otherwise it returns err.
+func permissionError(nc *nats.Conn, err error, about ...string) error {
+	last := nc.LastError()
+	if !errors.Is(last, nats.ErrPermissionViolation) {
+		return err
+	}
+	for _, a := range about {
+		if strings.Contains(last.Error(), a) {
+			if err == nil {
+				return last
+			}
+			return fmt.Errorf("%w (%w)", last, err)
 		}
-		return fmt.Errorf("%w (%w)", last, err)
 	}
 	return err
+}
+
+// replyInbox is what a refused subscription to the connection's reply
+// inbox looks like in a permission violation: without it no API request
+// is ever answered.
+func replyInbox(nc *nats.Conn) string {
+	prefix := nc.Opts.InboxPrefix
+	if prefix == "" {
+		prefix = nats.InboxPrefix[:len(nats.InboxPrefix)-1]
+	}
+	return `Subscription to "` + prefix + "."
 }

@@ -196,9 +196,17 @@ func (s *Server) URL() string {
 }
 
 // Connect connects to the server with the WithAdmin options and opts, for
-// test code: publishing, creating or deleting things.
+// test code: publishing, creating or deleting things. The connection
+// reconnects at once and for ever, so that test code is not held up by
+// nats.go's 2-second reconnect wait after a Restart.
 func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
-	all := append(append([]nats.Option{nats.Name("jetstreamtest-admin")}, s.cfg.admin...), opts...)
+	all := []nats.Option{
+		nats.Name("jetstreamtest-admin"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(10 * time.Millisecond),
+		nats.ReconnectJitter(10*time.Millisecond, 10*time.Millisecond),
+	}
+	all = append(append(all, s.cfg.admin...), opts...)
 	nc, err := nats.Connect(s.URL(), all...)
 	if err != nil {
 		return nil, fmt.Errorf("jetstreamtest: connect: %w", err)
@@ -232,8 +240,10 @@ func (s *Server) stopLocked() {
 
 // Restart stops the server if it is running and starts it again on the
 // same port with the same store, as a new process would. It returns once
-// the server accepts connections. It fails on a closed server, or if the
-// port cannot be bound again.
+// the server accepts connections; clients notice and reconnect at their
+// own pace, and a publish on a connection that has not yet noticed is
+// lost, as with a real server (the operator API then answers 503). It
+// fails on a closed server, or if the port cannot be bound again.
 func (s *Server) Restart() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
