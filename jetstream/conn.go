@@ -214,7 +214,7 @@ func checkCreds(path string) error {
 	if st.IsDir() {
 		return fmt.Errorf("the creds file %q is a directory", path)
 	}
-	f, err := os.Open(path) //nolint:gosec // G304: the path is the operator's configuration.
+	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("the creds file cannot be read: %w", err)
 	}

@@ -84,7 +84,7 @@ func (d *decoder) expect(c byte) error {
 
 func (d *decoder) envelope() (Envelope, error) {
 	var env Envelope
-	var seen [len(envelopeKeys)]bool
+	var seen uint8 // bit i: envelopeKeys[i] was read
 	if err := d.expect('{'); err != nil {
 		return env, err
 	}
@@ -109,7 +109,7 @@ func (d *decoder) envelope() (Envelope, error) {
 					break
 				}
 			}
-			if k >= 0 && seen[k] {
+			if k >= 0 && seen&(1<<k) != 0 {
 				return env, d.errorf("duplicate key %q", key)
 			}
 			switch k {
@@ -149,7 +149,7 @@ func (d *decoder) envelope() (Envelope, error) {
 				}
 			}
 			if k >= 0 {
-				seen[k] = true
+				seen |= 1 << k
 			}
 			if d.peek() == ',' {
 				d.pos++
@@ -165,9 +165,9 @@ func (d *decoder) envelope() (Envelope, error) {
 	if d.pos != len(d.data) {
 		return env, d.errorf("trailing characters")
 	}
-	for i, ok := range seen {
-		if !ok {
-			return env, fmt.Errorf("%w: missing key %q", errDecode, envelopeKeys[i])
+	for i, name := range envelopeKeys {
+		if seen&(1<<i) == 0 {
+			return env, fmt.Errorf("%w: missing key %q", errDecode, name)
 		}
 	}
 	return env, nil
