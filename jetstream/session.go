@@ -83,7 +83,7 @@ func (s *Subscriber) session(ctx context.Context, r *run) (out outcome) {
 		if !liveAt.IsZero() {
 			out.liveFor = max(time.Since(liveAt), 1)
 		}
-		s.stopSession(cs, !liveAt.IsZero(), out)
+		s.stopSession(cs, !liveAt.IsZero(), ctx.Err() != nil, out)
 	}()
 	for i := range numSubjects {
 		c, err := s.startConsumer(sctx, i, cfgs[i], info.State.LastSeq)
@@ -130,9 +130,9 @@ func (s *Subscriber) session(ctx context.Context, r *run) (out outcome) {
 
 // stopSession stops the consumers and waits for their goroutines, so that
 // nothing is consumed after it returns and the positions are final.
-func (s *Subscriber) stopSession(cs []*consumer, wasLive bool, out outcome) {
+func (s *Subscriber) stopSession(cs []*consumer, wasLive, stopping bool, out outcome) {
 	if wasLive {
-		s.goDown(out.err)
+		s.goDown(out.err, stopping)
 	}
 	for _, c := range cs {
 		_ = c.sub.Unsubscribe()
@@ -568,18 +568,24 @@ func (s *Subscriber) goLive() time.Time {
 	return now
 }
 
-// goDown marks the subscriber no longer live.
-func (s *Subscriber) goDown(err error) {
+// goDown marks the subscriber no longer live; stopping: because Run is
+// returning, which is not worth a warning.
+func (s *Subscriber) goDown(err error, stopping bool) {
 	s.src.SetLive(false)
 	s.metrics.setUp(false)
 	now := time.Now()
 	s.mu.Lock()
 	s.live = false
-	s.setStateLocked(Backoff, now)
+	// Connecting until Run decides: Backoff (with NextAttempt) after an
+	// error, or waiting for the link after a disconnect.
+	s.setStateLocked(Connecting, now)
 	if err != nil {
 		s.status.LastError, s.status.LastErrorAt = err, now
 	}
 	s.mu.Unlock()
+	if stopping {
+		return
+	}
 	attrs := []slog.Attr{}
 	if err != nil {
 		attrs = append(attrs, slog.String("error", err.Error()))

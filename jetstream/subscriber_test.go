@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
+	jsapi "github.com/nats-io/nats.go/jetstream"
+
 	"github.com/opcontrol/opcontrol/controlstore"
 	"github.com/opcontrol/opcontrol/jetstream"
 )
@@ -58,9 +61,13 @@ func TestRunLifecycle(t *testing.T) {
 	srv := startServer(t)
 	nc := connect(t, srv.URL())
 	store := newStore(t)
-	sub := newSubscriber(t, nc, store)
+	l := &logs{}
+	sub := newSubscriber(t, nc, store, jetstream.WithLogger(slog.New(l)))
 	r := start(t, sub)
 	waitReady(t, sub)
+	if n := l.count(slog.LevelInfo, "op-control bus live"); n != 1 {
+		t.Errorf("%d live logs, want 1", n)
+	}
 	st := sub.Status()
 	if st.State != jetstream.Live || !st.Agent.CaughtUp || !st.Global.CaughtUp || !st.Agent.PositionKnown {
 		t.Errorf("status when ready: %+v", st)
@@ -73,6 +80,9 @@ func TestRunLifecycle(t *testing.T) {
 		t.Errorf("second Run: %v, want ErrRunning", err)
 	}
 	r.stop(t)
+	if n := l.count(slog.LevelWarn, ""); n != 0 {
+		t.Errorf("%d warnings for a clean start and stop", n)
+	}
 	if st := sub.Status(); st.State != jetstream.Idle {
 		t.Errorf("after Run: state %v, want idle", st.State)
 	}
@@ -291,4 +301,48 @@ func TestRetainedBeforeRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, waitShort, func() bool { return plain.State(controlstore.AgentOpIDPrefix+agent.AgentID) == controlstore.Terminated }, "terminate applied")
+}
+
+// WithFailClosedAfter(0): the store fails closed whenever the bus is not
+// live, and not while it is.
+func TestFailClosedAfter(t *testing.T) {
+	srv := startServer(t)
+	l := newLink(t, srv)
+	l.cut()
+	store := newStore(t)
+	sub := newSubscriber(t, connect(t, l.url()), store, jetstream.WithFailClosedAfter(0))
+	start(t, sub)
+	var op controlstore.Op
+	eventually(t, waitShort, func() bool { return errors.Is(store.Check(op), controlstore.ErrUnavailable) }, "failing closed before live")
+	l.restore()
+	waitReady(t, sub)
+	if err := store.Check(op); err != nil {
+		t.Fatalf("Check while live: %v", err)
+	}
+	l.cut()
+	eventually(t, waitLong, func() bool { return errors.Is(store.Check(op), controlstore.ErrUnavailable) }, "failing closed after the cut")
+}
+
+// A lost consumer sends the subscriber to Backoff, with the reason and
+// the next attempt, then back to live.
+func TestBackoffAfterConsumerLoss(t *testing.T) {
+	srv := startServer(t)
+	admin, err := jsapi.New(adminConn(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := newSubscriber(t, connect(t, srv.URL()), newStore(t),
+		jetstream.WithBackOff(func() backoff.BackOff { return backoff.NewConstantBackOff(time.Second) }))
+	start(t, sub)
+	waitReady(t, sub)
+	deleteConsumers(t, admin, jetstream.GlobalSubject)
+	waitState(t, sub, jetstream.Backoff)
+	st := sub.Status()
+	if st.NextAttempt.IsZero() || st.LastError == nil || !strings.Contains(st.LastError.Error(), "heartbeat") {
+		t.Errorf("status in backoff: %+v", st)
+	}
+	waitState(t, sub, jetstream.Live)
+	if st := sub.Status(); !st.NextAttempt.IsZero() || st.Attempts != 0 {
+		t.Errorf("status when live again: %+v", st)
+	}
 }
