@@ -5,18 +5,14 @@ import (
 	"strings"
 )
 
-// Apply applies one signal from the gateway:
-//
-//	PAUSE     → Paused, unless Terminated
-//	RESUME    → Running (the entry is removed), unless Terminated
-//	TERMINATE → Terminated, for good: no later signal lifts it
-//
-// opID is "*" (every op), "agent:{agent_id}" (every op of this agent) or any
-// other id (one op, matched as an exact string; ids in OpenTelemetry form
-// are parsed once here). Repeated signals are harmless. Apply rejects, and
-// changes nothing for, an unspecified or unknown signal, an empty id, an id
-// longer than MaxOpIDLen, and an agent halt addressed to another agent; the
-// error is a *RejectedError.
+// Apply applies one signal by the semantics in the package documentation
+// (terminate is sticky; RESUME removes an op's entry). opID is "*" (every
+// op), "agent:{agent_id}" (every op of this agent) or any other id (one op,
+// matched as an exact string; ids in OpenTelemetry form are parsed once
+// here). It rejects, and changes nothing for, an unspecified or unknown
+// signal, an empty id, an id longer than MaxOpIDLen (but for this agent's
+// own halt), and an agent halt addressed to another agent; the error is a
+// *RejectedError.
 //
 // Apply is O(1) amortised and never waits for readers. A TERMINATE cancels,
 // before Apply returns, every in-flight call Tracked under a scope it covers.
@@ -139,8 +135,8 @@ func (s *Store) applyOp(opID string, sig Signal) *entry {
 	e := s.tab.Load().lookup(&k, h)
 	next := target(sig)
 	if e == nil {
-		if next == Running {
-			return nil
+		if next == Running || s.fps.contains(h) {
+			return nil // unknown and resumed, or terminated for good already
 		}
 		s.makeRoom()
 		e = newEntry(opID, ScopeOp)
@@ -183,8 +179,8 @@ func (s *Store) insert(e *entry) {
 	s.list(State(e.state.Load())).push(e)
 	s.count.Add(1)
 	s.metrics.entries.Add(context.Background(), 1)
-	if t.crowded() {
-		s.tab.Store(t.rebuilt())
+	if t.crowded(s.maxSlots) {
+		s.tab.Store(t.rebuilt(s.maxSlots))
 	}
 }
 
@@ -194,14 +190,16 @@ func (s *Store) remove(e *entry) {
 	t.remove(e)
 	s.count.Add(-1)
 	s.metrics.entries.Add(context.Background(), -1)
-	if t.crowded() {
-		s.tab.Store(t.rebuilt())
+	if t.crowded(s.maxSlots) {
+		s.tab.Store(t.rebuilt(s.maxSlots))
 	}
 }
 
-// makeRoom evicts one entry when the store is full: the oldest terminated
-// entry, or, only when every entry is paused, the oldest paused one, whose
-// waiters then fail closed with an *EvictedError. Under mu.
+// makeRoom evicts one entry when the store is full. The oldest terminated
+// entry goes first, and loses nothing: it is compacted to a fingerprint and
+// stays terminated (see compacted). Only when every entry is paused does
+// the oldest paused entry go, and its waiters fail closed with an
+// *EvictedError; a pause can be lost that way, a terminate never. Under mu.
 func (s *Store) makeRoom() {
 	if int(s.count.Load()) < s.max {
 		return
@@ -209,6 +207,7 @@ func (s *Store) makeRoom() {
 	victim := s.terminated.head
 	if victim != nil {
 		s.terminated.remove(victim)
+		s.fps.add(victim.hash)
 		s.stats.EvictedTerminated++
 	} else {
 		victim = s.paused.head
@@ -223,7 +222,7 @@ func (s *Store) makeRoom() {
 
 // rearm recomputes whether anything could hold or deny a call. Under mu.
 func (s *Store) rearm() {
-	s.armed.Store(s.count.Load() > 0 ||
+	s.armed.Store(s.count.Load() > 0 || s.fps.n.Load() > 0 ||
 		s.global.state.Load() != uint32(Running) ||
 		s.agentScope.state.Load() != uint32(Running) ||
 		s.failClosed.Load())

@@ -12,10 +12,11 @@ import (
 type Option func(*options)
 
 type options struct {
-	maxEntries    int
-	meterProvider metric.MeterProvider
-	now           func() time.Time
-	logger        *slog.Logger
+	maxEntries        int
+	terminatedHistory int
+	meterProvider     metric.MeterProvider
+	now               func() time.Time
+	logger            *slog.Logger
 }
 
 // WithMaxEntries caps the number of per-op entries (default
@@ -33,6 +34,9 @@ const MaxEntriesLimit = 1 << 24
 func (o *options) validate() error {
 	if o.maxEntries < 1 || o.maxEntries > MaxEntriesLimit {
 		return fmt.Errorf("controlstore: WithMaxEntries(%d) is out of range [1, %d]", o.maxEntries, MaxEntriesLimit)
+	}
+	if o.terminatedHistory < 1 || o.terminatedHistory > MaxTerminatedHistory {
+		return fmt.Errorf("controlstore: WithTerminatedHistory(%d) is out of range [1, %d]", o.terminatedHistory, MaxTerminatedHistory)
 	}
 	if o.now == nil {
 		o.now = time.Now
@@ -59,4 +63,17 @@ func WithLogger(l *slog.Logger) Option {
 		l = slog.New(slog.DiscardHandler)
 	}
 	return func(o *options) { o.logger = l }
+}
+
+// WithTerminatedHistory sets how many compacted per-op terminates the
+// store remembers at least (default DefaultTerminatedHistory). When a full
+// store evicts a terminated entry, the op is kept as an 8-byte fingerprint
+// and stays terminated; it is forgotten, and its calls may run again, only
+// after at least n further terminated entries have been compacted after it.
+// The fingerprints cost at most about 14 bytes per remembered terminate
+// when n is a power of two (16 MiB for the default's 1,179,648), allocated
+// a quarter at a time as they are needed. New refuses n outside
+// [1, MaxTerminatedHistory].
+func WithTerminatedHistory(n int) Option {
+	return func(o *options) { o.terminatedHistory = n }
 }

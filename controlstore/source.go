@@ -120,6 +120,7 @@ func (s *Store) addSourceLocked(name string, kind SourceKind, opts []SourceOptio
 	}
 	src := &Source{s: s, name: name, kind: kind, limit: o.failClosedAfter, since: s.now()}
 	s.sources = append(s.sources, src)
+	s.syncChangedLocked()
 	return src
 }
 
@@ -222,6 +223,7 @@ func (src *Source) HoldFailClosed(reason string) {
 	defer s.unlockAndLog()
 	src.hold = reason
 	s.updateFailClosed()
+	s.syncChangedLocked()
 }
 
 // ReleaseFailClosed ends this source's HoldFailClosed.
@@ -231,6 +233,7 @@ func (src *Source) ReleaseFailClosed() {
 	defer s.unlockAndLog()
 	src.hold = ""
 	s.updateFailClosed()
+	s.syncChangedLocked()
 }
 
 // rearmKind re-evaluates kind k's fail-closed limit: the smallest limit of
@@ -270,6 +273,23 @@ func (s *Store) rearmKind(k SourceKind) {
 	if live := s.liveLocked(); live != s.lastLive {
 		s.lastLive, s.liveSince = live, s.now()
 	}
+	s.syncChangedLocked()
+}
+
+// syncChangedLocked wakes the watchers of SyncChanged. Under mu.
+func (s *Store) syncChangedLocked() {
+	close(s.syncCh)
+	s.syncCh = make(chan struct{})
+}
+
+// SyncChanged returns a channel that is closed at the next change of what
+// SyncStatus reports (a source started, stopped, went live or down, or
+// failing closed changed), so that a health reporter needs no polling.
+// Read SyncStatus after it closes, then call SyncChanged again.
+func (s *Store) SyncChanged() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.syncCh
 }
 
 // updateFailClosed recomputes whether the store fails closed: any kind past
@@ -293,6 +313,7 @@ func (s *Store) updateFailClosed() {
 	s.version.Add(1)
 	s.notifyScopes()
 	s.failClosedChanged = true
+	s.syncChangedLocked()
 }
 
 // unlockAndLog releases mu and then logs a change of failing closed, so
@@ -442,17 +463,17 @@ func (s *Store) SyncStatus() SyncStatus {
 
 // liveLocked computes SyncStatus.Live. Under mu.
 func (s *Store) liveLocked() bool {
-	any := false
+	watched := false
 	for i := range s.kinds {
 		k := &s.kinds[i]
 		if k.running > 0 {
-			any = true
+			watched = true
 			if k.live == 0 {
 				return false
 			}
 		}
 	}
-	return any
+	return watched
 }
 
 // Sync returns SyncStatus().

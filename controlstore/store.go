@@ -11,8 +11,11 @@ import (
 )
 
 // DefaultMaxEntries is the per-op entry cap when WithMaxEntries is not given.
-// An entry costs about 300 bytes with its id, so the default bounds the store
-// near 5 MiB whatever the gateway sends.
+// An entry costs about 240 bytes with an OpenTelemetry op id and about 690
+// with the longest id accepted (MaxOpIDLen), so the default bounds the
+// entries at about 3.8 MiB of ordinary ids and 10.8 MiB whatever the
+// gateway sends. Compacted terminates are bounded separately (see
+// WithTerminatedHistory).
 const DefaultMaxEntries = 16384
 
 // Agent is the agent whose ops a store tracks: the subscription triple sent
@@ -31,6 +34,7 @@ type Store struct {
 	agent     Agent
 	agentOpID string
 	max       int
+	maxSlots  int // the table's largest size: twice max, a power of two
 	seed      hashSeed
 	now       func() time.Time
 
@@ -62,13 +66,19 @@ type Store struct {
 	kinds            [numSourceKinds]kindState
 	lastLive         bool
 	liveSince        time.Time
-	manualFailClosed bool    // deprecated SetFailClosed
-	legacySource     *Source // deprecated SetLive
+	manualFailClosed bool          // deprecated SetFailClosed
+	legacySource     *Source       // deprecated SetLive
+	syncCh           chan struct{} // closed and replaced when SyncStatus changes
 	// busView is the last PAUSE or RESUME a bus source delivered for the
 	// global [0] and agent [1] scopes (SignalUnspecified: none yet).
 	busView           [2]Signal
 	failClosedChanged bool // to be logged by unlockAndLog
 	log               *slog.Logger
+
+	// fps remembers compacted per-op terminates; compactedTerm is the
+	// marker evaluate returns for one.
+	fps           compacted
+	compactedTerm TerminatedError
 
 	calls   [callShards]callShard
 	metrics metrics
@@ -127,7 +137,7 @@ func New(agent Agent, opts ...Option) (*Store, error) {
 			return nil, fmt.Errorf("controlstore: New: Agent.%s is not valid UTF-8", f.name)
 		}
 	}
-	o := options{maxEntries: DefaultMaxEntries, now: time.Now, logger: slog.Default()}
+	o := options{maxEntries: DefaultMaxEntries, terminatedHistory: DefaultTerminatedHistory, now: time.Now, logger: slog.Default()}
 	for _, opt := range opts {
 		if opt != nil {
 			opt(&o)
@@ -144,11 +154,14 @@ func New(agent Agent, opts ...Option) (*Store, error) {
 		now:       o.now,
 		log:       o.logger,
 		scopesCh:  make(chan struct{}),
+		syncCh:    make(chan struct{}),
 		waiting:   make(map[*entry]struct{}),
 		absent:    make(map[opKey]*absentWait),
 	}
 	s.liveSince = s.now()
-	s.tab.Store(newTable(2 * o.maxEntries))
+	s.fps = newCompacted(o.terminatedHistory)
+	s.maxSlots = tableSlots(2 * o.maxEntries)
+	s.tab.Store(newTable(min(minTableSlots, s.maxSlots)))
 	s.global.termErr = TerminatedError{OpID: GlobalOpID, Scope: ScopeGlobal}
 	s.global.pauseErr = PausedError{OpID: GlobalOpID, Scope: ScopeGlobal}
 	s.agentScope.termErr = TerminatedError{OpID: s.agentOpID, Scope: ScopeAgent}

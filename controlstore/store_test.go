@@ -18,7 +18,7 @@ const agentID = "did:key:z6Mkm5rByiqq5UNbvPFPfXtGJwdg2kD1T"
 
 func newStore(t testing.TB, opts ...controlstore.Option) *controlstore.Store {
 	t.Helper()
-	s, err := controlstore.New(controlstore.Agent{OrgID: "acme", TeamID: "platform", AgentID: agentID}, opts...)
+	s, err := controlstore.New(controlstore.Agent{OrgID: "acme", TeamID: "platform", AgentID: agentID}, append([]controlstore.Option{controlstore.WithLogger(nil)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

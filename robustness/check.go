@@ -28,9 +28,14 @@ type Config struct {
 	// call. Required.
 	AgentID string
 	// MaxEntries is the store's per-op entry cap (0:
-	// controlstore.DefaultMaxEntries). An op entry may be evicted once at
-	// least this many newer entries were published.
+	// controlstore.DefaultMaxEntries). A paused op entry may be evicted
+	// once at least this many newer entries were published.
 	MaxEntries int
+	// TerminatedHistory is the store's Stats().TerminatedHistory (0: that
+	// of the default). A per-op terminate may be forgotten only once at
+	// least MaxEntries + TerminatedHistory newer per-op terminates were
+	// published: it is compacted, never dropped, when evicted.
+	TerminatedHistory int
 	// HoldWake is how long a call held when a terminate is applied may take
 	// to end (default 2 s): past it, it must end with the terminated error.
 	HoldWake time.Duration
@@ -67,6 +72,9 @@ func Check(cfg Config, events []Event) []Violation {
 	if cfg.MaxEntries <= 0 {
 		cfg.MaxEntries = controlstore.DefaultMaxEntries
 	}
+	if cfg.TerminatedHistory <= 0 {
+		cfg.TerminatedHistory = controlstore.DefaultTerminatedHistory // promised; the store keeps more
+	}
 	if cfg.HoldWake <= 0 {
 		cfg.HoldWake = 2 * time.Second
 	}
@@ -94,6 +102,7 @@ type checker struct {
 	faults   []*Event
 	defAt    map[int]time.Duration // publish ID -> when it is known applied
 	creators []time.Duration       // when each entry-creating per-op publish began
+	killers  []time.Duration       // when each per-op terminate publish began
 	out      []Violation
 }
 
@@ -125,6 +134,9 @@ func newChecker(cfg Config, events []Event) *checker {
 			c.pubsOn[e.OpID] = append(c.pubsOn[e.OpID], e)
 			if e.Applies && c.isOp(e.OpID) && e.Signal != controlstore.SignalResume {
 				c.creators = append(c.creators, e.At)
+				if e.Signal == controlstore.SignalTerminate {
+					c.killers = append(c.killers, e.At)
+				}
 			}
 		case KindLink:
 			c.links = append(c.links, e)
@@ -258,22 +270,40 @@ func (s stateSet) String() string {
 	return "{" + strings.Join(names, ",") + "}"
 }
 
-// evictable reports whether an entry of op id could have been evicted
-// between from and to: at least MaxEntries newer entries were published.
+// evictable reports whether a paused entry of op id could have been
+// evicted between from and to: at least MaxEntries newer entries were
+// published.
 func (c *checker) evictable(id string, from, to time.Duration) bool {
 	if !c.isOp(id) {
 		return false
 	}
-	// creators is sorted: count those in (from, to) by binary search.
-	lo, _ := slices.BinarySearch(c.creators, from+1)
-	hi, _ := slices.BinarySearch(c.creators, to)
+	return c.countBetween(c.creators, from, to, func(sig controlstore.Signal) bool { return sig != controlstore.SignalResume }) >= c.cfg.MaxEntries
+}
+
+// forgettable reports whether a terminate of op id could have been
+// forgotten between from and to: compacted once MaxEntries newer entries
+// arrived, then outlived by TerminatedHistory further compactions, each of
+// which takes a newer per-op terminate.
+func (c *checker) forgettable(id string, from, to time.Duration) bool {
+	if !c.isOp(id) {
+		return false
+	}
+	return c.countBetween(c.killers, from, to, func(sig controlstore.Signal) bool { return sig == controlstore.SignalTerminate }) >=
+		c.cfg.MaxEntries+c.cfg.TerminatedHistory
+}
+
+// countBetween counts the times in sorted in (from, to), plus the bulk
+// publishes of a signal that counts, overlapping that interval.
+func (c *checker) countBetween(sorted []time.Duration, from, to time.Duration, counts func(controlstore.Signal) bool) int {
+	lo, _ := slices.BinarySearch(sorted, from+1)
+	hi, _ := slices.BinarySearch(sorted, to)
 	n := max(hi-lo, 0)
 	for _, b := range c.bulks {
-		if b.Applies && b.At < to && b.End > from && b.Signal != controlstore.SignalResume {
+		if b.Applies && b.At < to && b.End > from && counts(b.Signal) {
 			n += b.Bulk
 		}
 	}
-	return n >= c.cfg.MaxEntries
+	return n
 }
 
 // observations checks every read of the store: a terminated id stays
@@ -318,7 +348,7 @@ func (c *checker) observations() {
 		}
 
 		if t := seenTerm[o.OpID]; t != nil && o.State != controlstore.Terminated {
-			if !c.evictable(o.OpID, t.At, end) {
+			if !c.forgettable(o.OpID, t.At, end) {
 				c.report(TerminateAbsorbing, around(t), "%s was observed terminated at %.4fs, then %s at %.4fs",
 					short(o.OpID), t.At.Seconds(), o.State, o.At.Seconds())
 			}
@@ -447,7 +477,7 @@ func (c *checker) calls() {
 		found := false
 		for _, id := range covering {
 			if ev, ok := term[id]; ok && (!found || ev.at < t.at) {
-				if c.evictable(id, ev.at, call.At) {
+				if c.forgettable(id, ev.at, call.At) {
 					continue
 				}
 				t, found = ev, true

@@ -67,7 +67,7 @@ func (b *hb) call(e Event) int {
 }
 
 func check(b *hb) []Violation {
-	return Check(Config{AgentID: checkAgent, MaxEntries: 100}, b.ev)
+	return Check(Config{AgentID: checkAgent, MaxEntries: 100, TerminatedHistory: 200}, b.ev)
 }
 
 // wantViolation asserts exactly one violation of g whose excerpt includes
@@ -179,21 +179,30 @@ func TestCheckTerminateAbsorbing(t *testing.T) {
 		o2 := b.observe(20, op, hRunning)
 		wantViolation(t, b, TerminateAbsorbing, o1, o2)
 	})
-	t.Run("evicted after the entry cap of newer entries", func(t *testing.T) {
+	t.Run("forgotten after the entry cap and the history of newer terminates", func(t *testing.T) {
 		b := &hb{}
 		b.link(0, true, 1, 0)
 		b.pub(5, op, hTerminate)
 		b.observe(10, op, hTerm)
-		b.add(Event{Kind: KindPublish, At: ms(12), End: ms(14), Signal: hTerminate, Applies: true, Bulk: 100})
+		b.add(Event{Kind: KindPublish, At: ms(12), End: ms(14), Signal: hTerminate, Applies: true, Bulk: 300})
 		b.observe(20, op, hRunning)
 		wantNone(t, b)
 	})
-	t.Run("fewer newer entries than the cap", func(t *testing.T) {
+	t.Run("fewer newer terminates than the cap and the history", func(t *testing.T) {
 		b := &hb{}
 		b.link(0, true, 1, 0)
 		b.pub(5, op, hTerminate)
 		o1 := b.observe(10, op, hTerm)
-		b.add(Event{Kind: KindPublish, At: ms(12), End: ms(14), Signal: hTerminate, Applies: true, Bulk: 99})
+		b.add(Event{Kind: KindPublish, At: ms(12), End: ms(14), Signal: hTerminate, Applies: true, Bulk: 299})
+		o2 := b.observe(20, op, hRunning)
+		wantViolation(t, b, TerminateAbsorbing, o1, o2)
+	})
+	t.Run("newer pauses never make a terminate forgettable", func(t *testing.T) {
+		b := &hb{}
+		b.link(0, true, 1, 0)
+		b.pub(5, op, hTerminate)
+		o1 := b.observe(10, op, hTerm)
+		b.add(Event{Kind: KindPublish, At: ms(12), End: ms(14), Signal: hPause, Applies: true, Bulk: 100_000})
 		o2 := b.observe(20, op, hRunning)
 		wantViolation(t, b, TerminateAbsorbing, o1, o2)
 	})

@@ -17,8 +17,11 @@ import (
 
 // refStore is the reference model of a controlstore.Store with an entry
 // cap, written as plainly as possible: a map of states, and two lists of
-// per-op ids in the order they entered the paused and the terminated state
-// (eviction takes the oldest terminated entry, else the oldest paused one).
+// per-op ids in the order they entered the paused and the terminated state.
+// Eviction takes the oldest terminated entry, which is compacted and stays
+// terminated, else the oldest paused one. Compacted ids fill generations of
+// perGen; when the current one is full the oldest is forgotten whole and
+// refilled (the store's documented rule, with its four generations).
 type refStore struct {
 	me         string // "agent:{agent_id}"
 	max        int
@@ -26,13 +29,38 @@ type refStore struct {
 	ops        map[string]controlstore.State
 	paused     []string
 	terminated []string
-	evicted    map[string]bool // ids evicted while terminated (for reporting)
+	gens       [4][]string // compacted terminates
+	cur        int
+	perGen     int
+	forgotten  map[string]bool // ids whose compacted terminate was forgotten
 }
 
-func newRef(agentID string, maxEntries int) *refStore {
+func newRef(agentID string, maxEntries, perGen int) *refStore {
 	me := controlstore.AgentOpIDPrefix + agentID
-	return &refStore{me: me, max: maxEntries, ops: map[string]controlstore.State{}, evicted: map[string]bool{},
+	return &refStore{me: me, max: maxEntries, perGen: perGen, ops: map[string]controlstore.State{}, forgotten: map[string]bool{},
 		scopes: map[string]controlstore.State{"*": controlstore.Running, me: controlstore.Running}}
+}
+
+func (r *refStore) compacted(id string) bool {
+	for _, g := range r.gens {
+		for _, x := range g {
+			if x == id {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (r *refStore) compact(id string) {
+	if len(r.gens[r.cur]) == r.perGen {
+		r.cur = (r.cur + 1) % len(r.gens)
+		for _, x := range r.gens[r.cur] {
+			r.forgotten[x] = true
+		}
+		r.gens[r.cur] = nil
+	}
+	r.gens[r.cur] = append(r.gens[r.cur], id)
 }
 
 func (r *refStore) reject(id string, sig controlstore.Signal) controlstore.RejectReason {
@@ -71,14 +99,14 @@ func (r *refStore) apply(id string, sig controlstore.Signal) controlstore.Reject
 	}
 	cur, ok := r.ops[id]
 	switch {
-	case !ok && nextSt == controlstore.Running:
+	case !ok && (nextSt == controlstore.Running || r.compacted(id)):
 	case !ok:
 		if len(r.ops) >= r.max {
 			if len(r.terminated) > 0 {
 				victim := r.terminated[0]
 				r.terminated = r.terminated[1:]
 				delete(r.ops, victim)
-				r.evicted[victim] = true
+				r.compact(victim)
 			} else {
 				victim := r.paused[0]
 				r.paused = r.paused[1:]
@@ -112,6 +140,9 @@ func (r *refStore) state(id string) controlstore.State {
 	if st, ok := r.scopes[id]; ok {
 		return st
 	}
+	if r.compacted(id) {
+		return controlstore.Terminated
+	}
 	return r.ops[id]
 }
 
@@ -119,7 +150,7 @@ func (r *refStore) state(id string) controlstore.State {
 func (r *refStore) effective(id string) controlstore.State {
 	st := max(r.scopes["*"], r.scopes[r.me])
 	if id != "" {
-		st = max(st, r.ops[id])
+		st = max(st, r.state(id))
 	}
 	return st
 }
@@ -156,7 +187,7 @@ var fuzzSignals = [8]int32{0, 1, 2, 3, 1, 3, -1, 7}
 // entry cap, and compares every step with the reference model: Apply never
 // panics, rejects exactly what the model rejects, every id's state and the
 // gate's decision for every op match, the store never holds more than its
-// cap, a terminated id stays terminated unless the model evicted it, and an
+// cap, a terminated id stays terminated unless the model forgot it, and an
 // in-flight call is cancelled exactly when its op becomes terminated.
 //
 // A program is a sequence of steps. A byte b >= 0x80 is one structured
@@ -168,7 +199,7 @@ func FuzzDecodeApply(f *testing.F) {
 	for _, seed := range [][]byte{
 		// Pause, resume, terminate of one op, then a resume that cannot lift it.
 		{step(0, 1), step(0, 2), step(0, 3), step(0, 2), step(0, 1)},
-		// Four terminated ops in a store of three: the oldest is evicted.
+		// Four terminated ops in a store of three: the oldest is compacted.
 		{step(0, 3), step(1, 3), step(2, 3), step(3, 3)},
 		// Three paused ops, then a fourth entry: the oldest pause goes.
 		{step(0, 1), step(4, 1), step(5, 1), step(2, 3), step(0, 2)},
@@ -189,9 +220,12 @@ func FuzzDecodeApply(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, program []byte) {
+		// A tiny cap and history, so that eviction, compaction and
+		// forgetting all happen within a program.
 		const maxEntries = 3
-		s := testutil.NewStore(t, controlstore.Agent{OrgID: "o", TeamID: "t", AgentID: fuzzAgent}, controlstore.WithMaxEntries(maxEntries))
-		ref := newRef(fuzzAgent, maxEntries)
+		s := testutil.NewStore(t, controlstore.Agent{OrgID: "o", TeamID: "t", AgentID: fuzzAgent},
+			controlstore.WithMaxEntries(maxEntries), controlstore.WithTerminatedHistory(1))
+		ref := newRef(fuzzAgent, maxEntries, s.Stats().TerminatedHistory/3)
 		unmarshal := proto.UnmarshalOptions{DiscardUnknown: true}
 
 		// In-flight calls of every op in the pool, and one with no op.
@@ -247,8 +281,8 @@ func FuzzDecodeApply(f *testing.F) {
 				}
 				if got == controlstore.Terminated {
 					everTerminated[id] = true
-				} else if everTerminated[id] && !ref.evicted[id] {
-					t.Fatalf("step %d: %.60q was terminated and is now %v, without being evicted", step, id, got)
+				} else if everTerminated[id] && !ref.forgotten[id] {
+					t.Fatalf("step %d: %.60q was terminated and is now %v, without being forgotten", step, id, got)
 				}
 				// The gate looks the op up by its parsed key: it must agree.
 				if id != "*" && !strings.HasPrefix(id, controlstore.AgentOpIDPrefix) {
@@ -258,7 +292,7 @@ func FuzzDecodeApply(f *testing.F) {
 				}
 			}
 			for i, id := range probeIDs {
-				if got, want := cancelled[i]() != nil, ref.effective(id) == controlstore.Terminated; got != want && !ref.evicted[id] {
+				if got, want := cancelled[i]() != nil, ref.effective(id) == controlstore.Terminated; got != want && !ref.forgotten[id] {
 					t.Fatalf("step %d: in-flight call of %.60q cancelled=%v, model terminated=%v", step, id, got, want)
 				}
 			}

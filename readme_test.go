@@ -1,4 +1,4 @@
-package quickstart_test
+package opcontrol_test
 
 import (
 	"os"
@@ -14,15 +14,15 @@ func TestReadmeSnippetIsTheExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := between(t, string(src), "\t// README:begin\n", "\t// README:end\n")
 	want = strings.ReplaceAll("\n"+want, "\n\t", "\n")[1:]
-	block := between(t, string(readme), "<!-- snippet: examples/quickstart -->\n```go\n", "```\n")
+	block := between(t, string(readme), "<!-- snippet: example_test.go Example -->\n```go\n", "```\n")
 	if block != want {
-		t.Fatalf("README.md's snippet differs from examples/quickstart's Example.\nREADME:\n%s\nExample:\n%s", block, want)
+		t.Fatalf("README.md's snippet differs from the Example in example_test.go.\nREADME:\n%s\nExample:\n%s", block, want)
 	}
 }
 
