@@ -14,12 +14,14 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
+
+	"github.com/opcontrol/opcontrol"
 )
 
 // The environment variables FromEnv reads: the gateway's own names, with
 // the same meanings.
 const (
-	EnvURL         = "AA_OPCONTROL_NATS_URL"
+	EnvURL         = opcontrol.EnvNATSURL
 	EnvCreds       = "AA_OPCONTROL_NATS_CREDS"
 	EnvNKey        = "AA_OPCONTROL_NATS_NKEY"
 	EnvTLS         = "AA_OPCONTROL_NATS_TLS"

@@ -8,9 +8,14 @@
 //
 //	cfg, err := jetstream.FromEnv() // the gateway's AA_OPCONTROL_NATS_* variables
 //	if err != nil { ... }           // errors.Is(err, jetstream.ErrNotConfigured): no bus
+//	bus := jetstream.NewBusSource(cfg, jetstream.WithFailClosedOnLoss())
+//	k, err := opcontrol.FromEnv(ctx, opcontrol.WithSource(bus.Factory))
+//
+// or, without the kill switch, beside the stream.Subscriber of a store:
+//
 //	nc, err := jetstream.Connect(cfg)
 //	sub, err := jetstream.NewSubscriber(nc, store, jetstream.WithFailClosedOnLoss())
-//	go sub.Run(ctx) // beside the stream.Subscriber of the same store
+//	go sub.Run(ctx)
 //
 // The package lives in its own module, github.com/opcontrol/opcontrol/jetstream,
 // so that the core module and its users gain no NATS dependency. It never

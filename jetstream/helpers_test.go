@@ -181,18 +181,10 @@ func waitState(t testing.TB, sub *jetstream.Subscriber, st jetstream.State) {
 	eventually(t, waitLong, func() bool { last = sub.Status(); return last.State == st }, "state %v; status %+v", st, &last)
 }
 
-// eventually polls cond until it holds or the deadline passes.
+// eventually is testutil.Eventually.
 func eventually(t testing.TB, timeout time.Duration, cond func() bool, format string, args ...any) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v: "+format, append([]any{timeout}, args...)...)
-		}
-		<-tick.C
-	}
+	testutil.Eventually(t, timeout, cond, format, args...)
 }
 
 // applied records every halt the subscriber hands to the store, in order.

@@ -57,15 +57,7 @@ func ctx(t *testing.T) context.Context {
 
 func eventually(t *testing.T, cond func() bool, what string) {
 	t.Helper()
-	deadline := time.Now().Add(waitLong)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out: %s", what)
-		}
-		<-tick.C
-	}
+	testutil.Eventually(t, waitLong, cond, "%s", what)
 }
 
 // gatewayAgent runs a gateway, a bridge to it, and a stream subscriber of
