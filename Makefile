@@ -23,7 +23,7 @@ GOLANGCI := $(TOOL) -modfile=$(LINT_MOD) golangci-lint
 # and the modules that must stay out of it because they need NATS or are
 # programs. PKGS names all their packages; `go test -race $(PKGS)` is the
 # README's test command.
-MODULES := . examples cmd
+MODULES := . jetstream examples cmd
 PKGS := ./... $(foreach m,$(filter-out .,$(MODULES)),./$(m)/...)
 TEST_CMD := go test -race $(PKGS)
 

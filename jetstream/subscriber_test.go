@@ -65,6 +65,8 @@ func TestRunLifecycle(t *testing.T) {
 	sub := newSubscriber(t, nc, store, jetstream.WithLogger(slog.New(l)))
 	r := start(t, sub)
 	waitReady(t, sub)
+	// Ready closes before the line is written.
+	eventually(t, waitShort, func() bool { return l.count(slog.LevelInfo, "op-control bus live") >= 1 }, "no live log")
 	if n := l.count(slog.LevelInfo, "op-control bus live"); n != 1 {
 		t.Errorf("%d live logs, want 1", n)
 	}
