@@ -31,7 +31,9 @@ type Source interface {
 }
 
 // SourceFactory builds a Source for the kill switch's store. New calls
-// it once; an error stops New.
+// it once; an error stops New. It may return a nil Source and a nil error
+// to add nothing (a source that is configured from the environment and
+// finds itself not configured).
 type SourceFactory func(store *controlstore.Store, log *slog.Logger) (Source, error)
 
 // SourceHealth is what a readiness probe says about one source.
@@ -128,7 +130,9 @@ func New(ctx context.Context, cfg Config) (*KillSwitch, error) {
 			_ = gwConn.Close()
 			return nil, fmt.Errorf("opcontrol: source: %w", err)
 		}
-		k.sources = append(k.sources, src)
+		if src != nil {
+			k.sources = append(k.sources, src)
+		}
 	}
 	if len(k.sources) == 0 {
 		if v, ok := os.LookupEnv(EnvNATSURL); ok && v != "" {

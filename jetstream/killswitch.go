@@ -73,6 +73,28 @@ func (b *BusSource) Factory(store *controlstore.Store, log *slog.Logger) (opcont
 	return &ownedSource{Subscriber: sub, nc: nc}, nil
 }
 
+// SourceFromEnv returns the bus source configured from the environment,
+// for the one-call kill switch:
+//
+//	k, err := opcontrol.FromEnv(ctx, opcontrol.WithSource(jetstream.SourceFromEnv()))
+//
+// It reads FromEnv's variables when the kill switch is built. With
+// AA_OPCONTROL_NATS_URL unset it adds nothing; a malformed variable is an
+// error from opcontrol.FromEnv that names it. To reach AcknowledgeLoss
+// later, build the source with NewBusSource instead and keep it.
+func SourceFromEnv(opts ...Option) opcontrol.SourceFactory {
+	return func(store *controlstore.Store, log *slog.Logger) (opcontrol.Source, error) {
+		cfg, err := FromEnv()
+		if errors.Is(err, ErrNotConfigured) {
+			return nil, nil //nolint:nilnil // no bus configured: the documented "add nothing"
+		}
+		if err != nil {
+			return nil, err
+		}
+		return NewBusSource(cfg, opts...).Factory(store, log)
+	}
+}
+
 // Subscriber returns the subscriber Factory built (for Status,
 // AcknowledgeLoss, Ready), or nil before the kill switch was built.
 func (b *BusSource) Subscriber() *Subscriber {

@@ -3,6 +3,7 @@ package jetstream_test
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/opcontrol/opcontrol"
@@ -88,4 +89,56 @@ func TestKillSwitchSourceRefuses(t *testing.T) {
 	if err == nil {
 		t.Fatal("New accepted an insecure bus with RequireAuth")
 	}
+}
+
+// The two-line form: the bus source from the environment. Unset, it adds
+// nothing; set, it runs beside the gateway stream; malformed, FromEnv says
+// which variable.
+func TestSourceFromEnv(t *testing.T) {
+	gw, err := gatewaytest.Start(gatewaytest.WithToken("agent-token", agent))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gw.Close)
+	t.Setenv(opcontrol.EnvAgentID, agent.AgentID)
+	t.Setenv(opcontrol.EnvOrgID, agent.OrgID)
+	t.Setenv(opcontrol.EnvTeamID, agent.TeamID)
+	t.Setenv(opcontrol.EnvGatewayURL, gw.Addr())
+	t.Setenv(opcontrol.EnvCredentialToken, "agent-token")
+	build := func() (*opcontrol.KillSwitch, error) {
+		return opcontrol.FromEnv(context.Background(), opcontrol.WithLogger(nil),
+			opcontrol.WithSource(jetstream.SourceFromEnv(testOptions(t)...)))
+	}
+
+	t.Setenv(jetstream.EnvURL, "")
+	k, err := build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(k.Status().Sources); n != 1 {
+		t.Errorf("no bus configured: %d sources, want the gateway stream alone", n)
+	}
+	_ = k.Close()
+
+	srv := startServer(t)
+	t.Setenv(jetstream.EnvURL, srv.URL())
+	t.Setenv("AA_OPCONTROL_NATS_TLS", "ture")
+	if k, err := build(); err == nil || !strings.Contains(err.Error(), "AA_OPCONTROL_NATS_TLS") {
+		if k != nil {
+			_ = k.Close()
+		}
+		t.Fatalf("malformed switch: FromEnv = %v, want an error naming AA_OPCONTROL_NATS_TLS", err)
+	}
+
+	t.Setenv("AA_OPCONTROL_NATS_TLS", "")
+	k, err = build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = k.Close() }()
+	eventually(t, waitLong, func() bool { return k.Status().Live && len(k.Status().Sources) == 2 }, "live on the gateway and the bus")
+	if _, err := publisher(t, srv).HaltAll(ctxTimeout(t), controlstore.SignalTerminate); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitShort, func() bool { return k.Store().State(controlstore.GlobalOpID) == controlstore.Terminated }, "the bus halt applied")
 }
