@@ -213,7 +213,7 @@ func FuzzDecodeApply(f *testing.F) {
 		f.Add(seed)
 	}
 	// The golden wire vectors, each as one raw frame.
-	vectors, _ := filepath.Glob(filepath.Join("..", "testdata", "wire", "message_*.bin"))
+	vectors, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "wire", "message_*.bin"))
 	for _, path := range vectors {
 		if b, err := os.ReadFile(path); err == nil && len(b) < 256 {
 			f.Add(append([]byte{byte(len(b))}, b...))

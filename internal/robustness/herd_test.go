@@ -234,6 +234,7 @@ func (m *stallMeter) Stop() (total, long time.Duration) {
 // idle machine's 100 ms, must be within 6 s. A subscriber that dialled late
 // or waited too long still fails it; a busy machine does not.
 func TestHerdReconnect(t *testing.T) {
+	skipIfShort(t, "100 subscribers spread over 5 s")
 	const (
 		n    = herdN
 		down = 3 * time.Second

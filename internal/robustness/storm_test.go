@@ -49,6 +49,7 @@ func maxAttempts(w time.Duration, slow bool) int {
 // how much CPU the whole process burns meanwhile. Not parallel: the CPU
 // figure is the process's.
 func TestRejectStorm(t *testing.T) {
+	skipIfShort(t, "watches attempts for 12 s")
 	window := 12 * time.Second
 	if longMode() {
 		window = time.Minute
