@@ -15,7 +15,17 @@ GO ?= go
 TOOLS_MOD := $(CURDIR)/tools/go.mod
 LINT_MOD := $(CURDIR)/tools/lint/go.mod
 VULNDB_MOD := $(CURDIR)/tools/vulndb/go.mod
-GOLANGCI := $(GO) tool -modfile=$(LINT_MOD) golangci-lint
+# Tools run outside the workspace: `go tool -modfile` refuses workspace mode.
+TOOL := GOWORK=off $(GO) tool
+GOLANGCI := $(TOOL) -modfile=$(LINT_MOD) golangci-lint
+
+# The repository's modules (go.work ties them together): the core module,
+# and the modules that must stay out of it because they need NATS or are
+# programs. PKGS names all their packages; `go test -race $(PKGS)` is the
+# README's test command.
+MODULES := . jetstream examples cmd
+PKGS := ./... $(foreach m,$(filter-out .,$(MODULES)),./$(m)/...)
+TEST_CMD := go test -race $(PKGS)
 
 # Everything `generate` writes lives under these paths; `drift` checks them.
 GENERATED_PATHS := proto testdata/wire
@@ -25,21 +35,21 @@ BENCH_COUNT ?= 6
 BENCH_OUT ?= .cache/bench/new.txt
 BENCH_BASE ?=
 
-.PHONY: help tools generate drift lint fmt-check vet golangci test bench vuln fuzz soak ci
+.PHONY: help tools generate drift lint fmt-check vet golangci test test-cmd test-short bench vuln fuzz soak ci
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 tools: ## build (and cache) the pinned tools CI uses, so later steps time only their own work
-	$(GO) tool -modfile=$(TOOLS_MOD) -n buf >/dev/null
-	$(GO) tool -modfile=$(TOOLS_MOD) -n protoc-gen-go >/dev/null
-	$(GO) tool -modfile=$(TOOLS_MOD) -n govulncheck >/dev/null
-	$(GO) tool -modfile=$(LINT_MOD) -n golangci-lint >/dev/null
-	$(GO) tool -modfile=$(VULNDB_MOD) -n indexdb >/dev/null
+	$(TOOL) -modfile=$(TOOLS_MOD) -n buf >/dev/null
+	$(TOOL) -modfile=$(TOOLS_MOD) -n protoc-gen-go >/dev/null
+	$(TOOL) -modfile=$(TOOLS_MOD) -n govulncheck >/dev/null
+	$(TOOL) -modfile=$(LINT_MOD) -n golangci-lint >/dev/null
+	$(TOOL) -modfile=$(VULNDB_MOD) -n indexdb >/dev/null
 
 generate: ## regenerate every generated file: *.pb.go and testdata/wire vectors
 	# buf.gen.yaml runs protoc-gen-go through tools/go.mod, relative to proto/.
-	cd proto && $(GO) tool -modfile=$(TOOLS_MOD) buf generate
+	cd proto && $(TOOL) -modfile=$(TOOLS_MOD) buf generate
 	# Only this package defines -update; naming it keeps other packages'
 	# test binaries from rejecting the flag.
 	$(GO) test ./proto/opcontrol/wire/v1 -run '^TestGolden' -count=1 -update
@@ -58,28 +68,33 @@ fmt-check:
 	@out=$$(gofmt -l .); if [[ -n "$$out" ]]; then echo "gofmt needed:" >&2; echo "$$out" >&2; exit 1; fi
 
 vet:
-	$(GO) vet ./...
-	$(GO) vet -C tools ./...
+	$(GO) vet $(PKGS)
+	GOWORK=off $(GO) vet -C tools ./...
 
 golangci:
-	$(GOLANGCI) run ./...
-	cd tools && $(GOLANGCI) run --config $(CURDIR)/.golangci.yml ./...
+	for m in $(MODULES) tools; do (cd $$m && $(GOLANGCI) run --config $(CURDIR)/.golangci.yml ./...) || exit 1; done
 
-test: ## the README's test command
-	$(GO) test -race ./...
+test: ## the README's test command, over every module
+	$(TEST_CMD)
+
+test-cmd: ## print the README's test command (CI checks that the README shows it)
+	@echo '$(TEST_CMD)'
+
+test-short: ## the quick pass: every package with -short (under a minute)
+	$(GO) test -short $(PKGS)
 
 bench: ## benchmarks to $(BENCH_OUT); compare with BENCH_BASE=old.txt
 	mkdir -p $(dir $(BENCH_OUT))
-	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) ./... | tee $(BENCH_OUT)
-	$(GO) tool -modfile=$(TOOLS_MOD) benchstat $(BENCH_BASE) $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) $(PKGS) | tee $(BENCH_OUT)
+	$(TOOL) -modfile=$(TOOLS_MOD) benchstat $(BENCH_BASE) $(BENCH_OUT)
 
 vuln: ## govulncheck against an offline DB; fails only on reachable module vulns
 	# The verdict comes from tools/vulnreport; test it before trusting it.
-	$(GO) test -C tools ./vulnreport
-	./scripts/vuln.sh
+	GOWORK=off $(GO) test -C tools ./vulnreport
+	MODULES="$(MODULES)" ./scripts/vuln.sh
 
 fuzz: ## run every Fuzz* target for FUZZTIME (default 10s)
-	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
+	FUZZTIME=$(FUZZTIME) PKGS="$(PKGS)" ./scripts/fuzz.sh
 
 soak: ## the robustness suite's long mode (minutes; see RELIABILITY.md)
 	./scripts/soak.sh

@@ -2,6 +2,7 @@ package controlstore
 
 import (
 	"fmt"
+	"log/slog"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
@@ -11,9 +12,11 @@ import (
 type Option func(*options)
 
 type options struct {
-	maxEntries    int
-	meterProvider metric.MeterProvider
-	now           func() time.Time
+	maxEntries        int
+	terminatedHistory int
+	meterProvider     metric.MeterProvider
+	now               func() time.Time
+	logger            *slog.Logger
 }
 
 // WithMaxEntries caps the number of per-op entries (default
@@ -32,9 +35,13 @@ func (o *options) validate() error {
 	if o.maxEntries < 1 || o.maxEntries > MaxEntriesLimit {
 		return fmt.Errorf("controlstore: WithMaxEntries(%d) is out of range [1, %d]", o.maxEntries, MaxEntriesLimit)
 	}
+	if o.terminatedHistory < 1 || o.terminatedHistory > MaxTerminatedHistory {
+		return fmt.Errorf("controlstore: WithTerminatedHistory(%d) is out of range [1, %d]", o.terminatedHistory, MaxTerminatedHistory)
+	}
 	if o.now == nil {
 		o.now = time.Now
 	}
+
 	return nil
 }
 
@@ -47,4 +54,26 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 // WithClock sets the clock used for SyncStatus.Since (default time.Now).
 func WithClock(now func() time.Time) Option {
 	return func(o *options) { o.now = now }
+}
+
+// WithLogger sets where the store logs (default slog.Default()): only
+// changes of failing closed, once each. A nil logger discards everything.
+func WithLogger(l *slog.Logger) Option {
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	return func(o *options) { o.logger = l }
+}
+
+// WithTerminatedHistory sets how many compacted per-op terminates the
+// store remembers at least (default DefaultTerminatedHistory). When a full
+// store evicts a terminated entry, the op is kept as an 8-byte fingerprint
+// and stays terminated; it is forgotten, and its calls may run again, only
+// after at least n further terminated entries have been compacted after it.
+// The fingerprints cost at most about 14 bytes per remembered terminate
+// when n is a power of two (16 MiB for the default's 1,179,648), allocated
+// a quarter at a time as they are needed. New refuses n outside
+// [1, MaxTerminatedHistory].
+func WithTerminatedHistory(n int) Option {
+	return func(o *options) { o.terminatedHistory = n }
 }

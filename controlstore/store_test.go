@@ -18,7 +18,7 @@ const agentID = "did:key:z6Mkm5rByiqq5UNbvPFPfXtGJwdg2kD1T"
 
 func newStore(t testing.TB, opts ...controlstore.Option) *controlstore.Store {
 	t.Helper()
-	s, err := controlstore.New(controlstore.Agent{OrgID: "acme", TeamID: "platform", AgentID: agentID}, opts...)
+	s, err := controlstore.New(controlstore.Agent{OrgID: "acme", TeamID: "platform", AgentID: agentID}, append([]controlstore.Option{controlstore.WithLogger(nil)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,7 +394,7 @@ func TestFailClosed(t *testing.T) {
 	if err := s.Check(other); !errors.Is(err, controlstore.ErrTerminated) {
 		t.Fatalf("Check = %v, want a terminate to win over failing closed", err)
 	}
-	if !s.Sync().FailClosed {
+	if !s.SyncStatus().FailClosed {
 		t.Fatal("Sync().FailClosed = false")
 	}
 }
@@ -411,18 +411,18 @@ func TestFailClosedOff(t *testing.T) {
 func TestSyncStatus(t *testing.T) {
 	now := time.Unix(100, 0)
 	s := newStore(t, controlstore.WithClock(func() time.Time { return now }))
-	if st := s.Sync(); st.Live || !st.Since.Equal(now) {
+	if st := s.SyncStatus(); st.Live || !st.Since.Equal(now) {
 		t.Fatalf("Sync = %+v, want not live since creation", st)
 	}
 	now = now.Add(time.Second)
 	s.SetLive(true)
-	if st := s.Sync(); !st.Live || !st.Since.Equal(now) {
+	if st := s.SyncStatus(); !st.Live || !st.Since.Equal(now) {
 		t.Fatalf("Sync = %+v, want live since %v", st, now)
 	}
 	later := now.Add(time.Second)
 	now = later
 	s.SetLive(true) // no transition: Since stays
-	if st := s.Sync(); !st.Since.Equal(later.Add(-time.Second)) {
+	if st := s.SyncStatus(); !st.Since.Equal(later.Add(-time.Second)) {
 		t.Fatalf("Since moved without a transition: %+v", st)
 	}
 }

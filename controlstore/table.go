@@ -1,18 +1,24 @@
 package controlstore
 
-import "sync/atomic"
+import (
+	"math/bits"
+	"sync/atomic"
+)
 
 // table is a fixed-capacity open-addressing hash table of per-op entries.
 // One writer (holding Store.mu) mutates it; any number of readers probe it
 // with no lock and no write: a slot is an atomic pointer to an entry whose
 // key never changes, so a reader can never see a torn key.
 //
-// Capacity is at least twice the store's entry cap, so live entries fill at
-// most half of it. Removed entries leave a tombstone (probes must continue
-// past them); when live entries plus tombstones pass three quarters, the
-// writer rebuilds a fresh table and publishes it with one atomic store.
-// Readers still probing the old table see a consistent, older view, and the
-// old table always keeps empty slots, so every probe ends.
+// The table starts small and doubles while live entries pass half of it, up
+// to twice the store's entry cap (rounded up to a power of two), so an
+// empty store with a large cap costs little. Removed entries leave a
+// tombstone (probes must continue past them); when live entries plus
+// tombstones pass three quarters, the writer rebuilds a fresh table (twice
+// as large if live entries pass half) and publishes it with one atomic
+// store. Readers still probing the old table see a consistent, older view.
+// Every table keeps at least a quarter of its slots empty, and a probe
+// visits each slot at most once, so every probe ends.
 type table struct {
 	slots []atomic.Pointer[entry]
 	mask  uint64
@@ -23,17 +29,26 @@ type table struct {
 // tombstone marks a slot whose entry was removed.
 var tombstone = new(entry)
 
-func newTable(capacity int) *table {
-	n := 16
-	for n < capacity {
-		n <<= 1
+// minTableSlots is the size of a new store's table.
+const minTableSlots = 64
+
+// tableSlots returns the power of two at least n (and at least
+// minTableSlots). n is bounded by the store's validated entry cap, so the
+// shift cannot overflow.
+func tableSlots(n int) int {
+	if n <= minTableSlots {
+		return minTableSlots
 	}
-	return &table{slots: make([]atomic.Pointer[entry], n), mask: uint64(n - 1)}
+	return 1 << bits.Len(uint(n-1))
+}
+
+func newTable(slots int) *table {
+	return &table{slots: make([]atomic.Pointer[entry], slots), mask: uint64(slots - 1)}
 }
 
 // lookup returns the entry for k, or nil. Safe for concurrent readers.
 func (t *table) lookup(k *opKey, h uint64) *entry {
-	for i := h & t.mask; ; i = (i + 1) & t.mask {
+	for i, n := h&t.mask, 0; n < len(t.slots); i, n = (i+1)&t.mask, n+1 {
 		e := t.slots[i].Load()
 		if e == nil {
 			return nil
@@ -42,6 +57,7 @@ func (t *table) lookup(k *opKey, h uint64) *entry {
 			return e
 		}
 	}
+	return nil
 }
 
 // insert adds e, whose key must be absent. Writer only.
@@ -83,14 +99,21 @@ func (t *table) remove(e *entry) {
 	}
 }
 
-// crowded reports whether probes have grown long enough to rebuild.
-func (t *table) crowded() bool {
-	return (t.live+t.dead)*4 > len(t.slots)*3
+// crowded reports whether probes have grown long enough to rebuild, or
+// live entries fill more than half a table that may still grow to
+// maxSlots.
+func (t *table) crowded(maxSlots int) bool {
+	return (t.live+t.dead)*4 > len(t.slots)*3 || (t.live*2 > len(t.slots) && len(t.slots) < maxSlots)
 }
 
-// rebuilt returns a fresh table with t's live entries and no tombstones.
-func (t *table) rebuilt() *table {
-	n := &table{slots: make([]atomic.Pointer[entry], len(t.slots)), mask: t.mask}
+// rebuilt returns a fresh table with t's live entries and no tombstones,
+// twice as large if they fill more than half of t and maxSlots allows.
+func (t *table) rebuilt(maxSlots int) *table {
+	size := len(t.slots)
+	if t.live*2 > size && size < maxSlots {
+		size *= 2
+	}
+	n := newTable(size)
 	for i := range t.slots {
 		if e := t.slots[i].Load(); e != nil && e != tombstone {
 			n.insert(e)

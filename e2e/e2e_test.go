@@ -346,7 +346,7 @@ func TestAgentHaltIsPerAgent(t *testing.T) {
 func TestOpControlStreamExempt(t *testing.T) {
 	t.Run("global-pause-across-reconnect", func(t *testing.T) {
 		e := newEnv(t)
-		a := e.startAgent(t, agentConfig{gateGatewayConn: true, sub: []stream.Option{fastReconnect()}})
+		a := e.startAgent(t, agentConfig{gateGatewayConn: true, sub: fastReconnect()})
 		ctx, _, _ := e.tr.op(t, "op")
 		e.signal(t, a, controlstore.GlobalOpID, controlstore.SignalPause)
 		held := async(func() error { return echo(ctx, a) })
@@ -391,7 +391,7 @@ func TestOpControlStreamExempt(t *testing.T) {
 // the stream is back. A terminate still wins over failing closed.
 func TestFailClosed(t *testing.T) {
 	e := newEnv(t)
-	a := e.startAgent(t, agentConfig{sub: []stream.Option{stream.WithFailClosedAfter(100 * time.Millisecond), fastReconnect()}})
+	a := e.startAgent(t, agentConfig{sub: append(fastReconnect(), stream.WithFailClosedAfter(100*time.Millisecond))})
 	ctx, _, _ := e.tr.op(t, "op")
 	deadCtx, _, deadID := e.tr.op(t, "terminated-op")
 	e.signal(t, a, deadID, controlstore.SignalTerminate)
@@ -400,7 +400,7 @@ func TestFailClosed(t *testing.T) {
 	}
 
 	e.gw.Stop()
-	waitUntil(t, "the store to fail closed", func() bool { return a.store.Sync().FailClosed })
+	waitUntil(t, "the store to fail closed", func() bool { return a.store.SyncStatus().FailClosed })
 	wantUnavailable(t, echo(ctx, a))
 	wantUnavailable(t, echo(context.Background(), a))
 	_, err := a.tools.Progress(ctx, time.Millisecond)
@@ -410,7 +410,7 @@ func TestFailClosed(t *testing.T) {
 	if err := e.gw.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the store to stop failing closed", func() bool { return !a.store.Sync().FailClosed && a.sub.Connected() })
+	waitUntil(t, "the store to stop failing closed", func() bool { return !a.store.SyncStatus().FailClosed && a.sub.Connected() })
 	if err := echo(ctx, a); err != nil {
 		t.Fatalf("after the gateway returned: %v", err)
 	}
@@ -422,7 +422,7 @@ func TestFailClosed(t *testing.T) {
 // gateway restart, and signals flow again on the new stream.
 func TestTerminateSurvivesGatewayRestart(t *testing.T) {
 	e := newEnv(t)
-	a := e.startAgent(t, agentConfig{sub: []stream.Option{fastReconnect()}})
+	a := e.startAgent(t, agentConfig{sub: fastReconnect()})
 	deadCtx, _, deadID := e.tr.op(t, "terminated-op")
 	ctx, _, opID := e.tr.op(t, "op")
 	e.signal(t, a, deadID, controlstore.SignalTerminate)
@@ -469,7 +469,7 @@ func TestPauseHeldAcrossDisconnect(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			a := e.startAgent(t, agentConfig{sub: []stream.Option{fastReconnect()}})
+			a := e.startAgent(t, agentConfig{sub: fastReconnect()})
 			ctx, _, opID := e.tr.op(t, "paused-op")
 			otherCtx, _, _ := e.tr.op(t, "other-op")
 			e.signal(t, a, opID, controlstore.SignalPause)

@@ -89,7 +89,7 @@ type agentConfig struct {
 }
 
 // agent is an agent wired as in production: store, subscriber on a gateway
-// connection dialled with stream.DialOptions, tool connection dialled with
+// connection dialled with stream.GatewayDialOptions, tool connection dialled with
 // interceptor.DialOptions.
 type agent struct {
 	id       controlstore.Agent
@@ -106,7 +106,7 @@ func (e *env) startAgent(t testing.TB, cfg agentConfig) *agent {
 		cfg.id, cfg.token = agentOne, tokenOne
 	}
 	a := &agent{id: cfg.id, store: testutil.NewStore(t, cfg.id)}
-	gwOpts := stream.DialOptions()
+	gwOpts := stream.GatewayDialOptions()
 	if cfg.gateGatewayConn {
 		gwOpts = append(interceptor.DialOptions(a.store), gwOpts...)
 	}
@@ -144,11 +144,15 @@ func dial(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 	return cc
 }
 
-// fastReconnect replaces the default backoff (250 ms to 3 s) so that tests
-// of disconnects do not wait for it; the subscriber still waits at least
-// stream.MinConnectWindow per attempt while the gateway is away.
-func fastReconnect() stream.Option {
-	return stream.WithBackOff(func() backoff.BackOff { return backoff.NewConstantBackOff(10 * time.Millisecond) })
+// fastReconnect replaces the default backoff (250 ms to 3 s) and turns the
+// reconnect spread (up to 5 s) off, so that tests of disconnects do not
+// wait for them; the subscriber still waits at least 1 s per attempt while
+// the gateway is away.
+func fastReconnect() []stream.Option {
+	return []stream.Option{
+		stream.WithBackoff(func() backoff.BackOff { return backoff.NewConstantBackOff(10 * time.Millisecond) }),
+		stream.WithReconnectSpread(0),
+	}
 }
 
 // signal publishes sig for id through the gateway's publish API, choosing

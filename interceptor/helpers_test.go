@@ -34,10 +34,7 @@ func TestMain(m *testing.M) {
 
 // Generous bounds: 2 shared cores under -race. Nothing waits for them unless
 // something is broken.
-const (
-	waitFor  = 20 * time.Second
-	pollStep = 2 * time.Millisecond
-)
+const waitFor = testutil.WaitLong
 
 const (
 	testAgentID = "did:key:z6MkTestAgent"
@@ -286,13 +283,7 @@ func wantTerminated(t testing.TB, err error, opID string, scope controlstore.Sco
 // eventually polls cond until it holds or the generous deadline passes.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(pollStep)
-	}
+	testutil.Eventually(t, waitFor, cond, "waiting for %s", what)
 }
 
 // recv receives from ch or fails after the generous deadline.

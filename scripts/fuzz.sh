@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every fuzz target in the module briefly: FUZZTIME each (default 10s).
+# Runs every fuzz target of the repository's packages (PKGS, default ./...)
+# briefly: FUZZTIME each (default 10s).
 #
 # Targets are discovered, not listed: `go test -list '^Fuzz' ./...` prints the
 # matching names of each package followed by that package's "ok <path>" line,
@@ -12,8 +13,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 go=${GO:-go}
 fuzztime=${FUZZTIME:-10s}
+read -r -a pkgs <<<"${PKGS:-./...}"
 
-list=$($go test -list '^Fuzz' ./...)
+list=$($go test -list '^Fuzz' "${pkgs[@]}")
 
 targets=() # "package target" pairs
 pending=()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Long mode of the robustness suite (robustness/, RELIABILITY.md): every
+# Long mode of the robustness suite (internal/robustness/, RELIABILITY.md): every
 # robustness test at its long size, under the race detector:
 #   - TestSoak: SOAK_CYCLES disconnect cycles (default 1000) carrying about
 #     SOAK_SIGNALS signals (default 10000), checked by the history checker;
@@ -27,7 +27,7 @@ echo "soak.sh: $($go version); $(nproc 2>/dev/null || echo '?') cores; cycles=$c
 start=$SECONDS
 status=0
 OPCONTROL_ROBUSTNESS_LONG=1 OPCONTROL_SOAK_CYCLES=$cycles OPCONTROL_SOAK_SIGNALS=$signals \
-	$go test -race -count=1 -v -timeout "$timeout" ./robustness -args -robustness.long >"$log" 2>&1 || status=$?
+	$go test -race -count=1 -v -timeout "$timeout" ./internal/robustness -args -robustness.long >"$log" 2>&1 || status=$?
 
 echo
 echo "=== results ($((SECONDS - start))s wall)"

@@ -7,10 +7,13 @@
 # that module's own cmd/indexdb. The result is cached per vulndb version under
 # $VULNDB_CACHE (default .cache/vulndb, gitignored), so reruns skip the build.
 #
-# govulncheck (pinned in tools/go.mod) then scans ./... and tools/vulnreport
-# reads its JSON: exit 1 if our code reaches a vulnerable symbol of a required
-# module; standard-library findings are printed but do not fail, because the
-# Go toolchain of whoever builds the binary fixes them, not our go.mod.
+# govulncheck (pinned in tools/go.mod) then scans each of the repository's
+# modules (MODULES, default: every go.mod the workspace uses) and
+# tools/vulnreport reads its JSON: exit 1 if our code reaches a vulnerable
+# symbol of a required module; standard-library findings are printed but do
+# not fail, because the Go toolchain of whoever builds the binary fixes them,
+# not our go.mod. Tools run with GOWORK=off: go tool -modfile refuses
+# workspace mode, and each module is judged by its own go.mod.
 #
 # Bump the database with:
 #   go get -C tools/vulndb -tool golang.org/x/vulndb/cmd/indexdb@master
@@ -20,6 +23,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 go=${GO:-go}
+export GOWORK=off
+modules=${MODULES:-.}
 vulndb_mod="$root/tools/vulndb/go.mod"
 cache=${VULNDB_CACHE:-$root/.cache/vulndb}
 report=${VULN_REPORT:-$root/.cache/govulncheck.json}
@@ -45,6 +50,9 @@ else
 fi
 
 mkdir -p "$(dirname "$report")"
-# -format json exits 0 whatever it finds; the verdict is vulnreport's.
-$go tool -modfile="$root/tools/go.mod" govulncheck -db "file://$db" -format json ./... >"$report"
-$go run -C "$root/tools" ./vulnreport <"$report"
+for mod in $modules; do
+	echo "vuln: module $mod"
+	# -format json exits 0 whatever it finds; the verdict is vulnreport's.
+	(cd "$root/$mod" && $go tool -modfile="$root/tools/go.mod" govulncheck -db "file://$db" -format json ./...) >"$report"
+	$go run -C "$root/tools" ./vulnreport <"$report"
+done

@@ -23,7 +23,7 @@ func Example() {
 	}
 	defer gw.Close()
 
-	cc, err := grpc.NewClient(gw.Addr(), append(stream.DialOptions(),
+	cc, err := grpc.NewClient(gw.Addr(), append(stream.GatewayDialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		panic(err)
@@ -60,8 +60,8 @@ func Example() {
 // The recommended way to dial the gateway: keepalive pings to notice a
 // half-open connection, and a short connection backoff. The gateway speaks
 // plaintext.
-func ExampleDialOptions() {
-	cc, err := grpc.NewClient("127.0.0.1:50051", append(stream.DialOptions(),
+func ExampleGatewayDialOptions() {
+	cc, err := grpc.NewClient("127.0.0.1:50051", append(stream.GatewayDialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		panic(err)

@@ -42,10 +42,10 @@ func startGateway(t testing.TB, opts ...gatewaytest.Option) *gatewaytest.Gateway
 	return gw
 }
 
-// dial connects with the recommended DialOptions.
+// dial connects with the recommended GatewayDialOptions.
 func dial(t testing.TB, addr string) *grpc.ClientConn {
 	t.Helper()
-	return dialWith(t, addr, stream.DialOptions()...)
+	return dialWith(t, addr, stream.GatewayDialOptions()...)
 }
 
 // dialWith connects with opts only (and insecure credentials).
@@ -59,9 +59,12 @@ func dialWith(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientCo
 	return cc
 }
 
-// fastBackOff waits 10 ms between attempts: tests about reconnecting are
-// not about the default schedule.
-func fastBackOff() backoff.BackOff { return backoff.NewConstantBackOff(10 * time.Millisecond) }
+// fastBackoff waits 10 ms between attempts, and noSpread re-subscribes as
+// soon as the connection is ready: tests about reconnecting are not about
+// the default schedule.
+func fastBackoff() backoff.BackOff { return backoff.NewConstantBackOff(10 * time.Millisecond) }
+
+var noSpread = stream.WithReconnectSpread(0)
 
 type running struct {
 	cancel context.CancelFunc
@@ -163,6 +166,24 @@ func (l *logs) count(level slog.Level, substr string) int {
 		}
 	}
 	return n
+}
+
+// mentions reports whether any record's message or attribute values
+// contain substr.
+func (l *logs) mentions(substr string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range l.records {
+		found := strings.Contains(r.Message, substr)
+		r.Attrs(func(a slog.Attr) bool {
+			found = found || strings.Contains(a.Value.String(), substr)
+			return !found
+		})
+		if found {
+			return true
+		}
+	}
+	return false
 }
 
 func attributeKey(k string) attribute.Key { return attribute.Key(k) }

@@ -108,7 +108,7 @@ func TestMetrics(t *testing.T) {
 	gw := startGateway(t)
 	reader := sdkmetric.NewManualReader()
 	sub := stream.NewSubscriber(dial(t, gw.Addr()), testutil.NewStore(t, agent), stream.WithCredentialToken(token), stream.WithLogger(nil),
-		stream.WithBackOff(fastBackOff), stream.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))))
+		stream.WithBackoff(fastBackoff), noSpread, stream.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))))
 	r := start(t, sub)
 	waitReady(t, sub)
 	if up := sumBy(t, reader, "opcontrol.stream.up", "")[""]; up != 1 {

@@ -25,7 +25,7 @@ func TestFailOpenByDefault(t *testing.T) {
 			gw := startGateway(t)
 			store := testutil.NewStore(t, agent)
 			sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
-				append(tc.opts, stream.WithCredentialToken(token), stream.WithBackOff(fastBackOff), stream.WithLogger(nil))...)
+				append(tc.opts, stream.WithCredentialToken(token), stream.WithBackoff(fastBackoff), noSpread, stream.WithLogger(nil))...)
 			start(t, sub)
 			waitReady(t, sub)
 			gw.Publish(agent, "held:op", controlstore.SignalPause)
@@ -33,7 +33,7 @@ func TestFailOpenByDefault(t *testing.T) {
 			gw.Stop()
 			// Blind for a while: a connect window of at least 1 s has passed.
 			eventually(t, waitLong, func() bool { return sub.Status().Attempts >= 2 }, "not retrying; status %+v", sub.Status())
-			if s := store.Sync(); s.Live || s.FailClosed {
+			if s := store.SyncStatus(); s.Live || s.FailClosed {
 				t.Fatalf("store sync %+v while the gateway is down, want not live and failing open", s)
 			}
 			if err := store.Check(unknownOp); err != nil {
@@ -52,18 +52,18 @@ func TestFailClosedAfter(t *testing.T) {
 	store := testutil.NewStore(t, agent)
 	const after = 100 * time.Millisecond
 	sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
-		stream.WithCredentialToken(token), stream.WithBackOff(fastBackOff), stream.WithFailClosedAfter(after), stream.WithLogger(nil))
+		stream.WithCredentialToken(token), stream.WithBackoff(fastBackoff), noSpread, stream.WithFailClosedAfter(after), stream.WithLogger(nil))
 	start(t, sub)
 
 	for round := range 2 {
-		eventually(t, waitLong, func() bool { return store.Sync().FailClosed }, "round %d: not failing closed while down", round)
+		eventually(t, waitLong, func() bool { return store.SyncStatus().FailClosed }, "round %d: not failing closed while down", round)
 		if err := store.Check(unknownOp); !errors.Is(err, controlstore.ErrUnavailable) {
 			t.Fatalf("round %d: Check = %v while failing closed, want ErrUnavailable", round, err)
 		}
 		if err := gw.Restart(); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, waitLong, func() bool { return sub.Connected() && !store.Sync().FailClosed }, "round %d: still failing closed once live", round)
+		eventually(t, waitLong, func() bool { return sub.Connected() && !store.SyncStatus().FailClosed }, "round %d: still failing closed once live", round)
 		if err := store.Check(unknownOp); err != nil {
 			t.Fatalf("round %d: Check = %v once live", round, err)
 		}
@@ -76,13 +76,13 @@ func TestFailClosedAfterZero(t *testing.T) {
 	gw.Stop()
 	store := testutil.NewStore(t, agent)
 	sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
-		stream.WithCredentialToken(token), stream.WithBackOff(fastBackOff), stream.WithFailClosedAfter(0), stream.WithLogger(nil))
+		stream.WithCredentialToken(token), stream.WithBackoff(fastBackoff), noSpread, stream.WithFailClosedAfter(0), stream.WithLogger(nil))
 	start(t, sub)
-	eventually(t, waitShort, func() bool { return store.Sync().FailClosed }, "not failing closed at once")
+	eventually(t, waitShort, func() bool { return store.SyncStatus().FailClosed }, "not failing closed at once")
 	if err := gw.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitLong, func() bool { return sub.Connected() && !store.Sync().FailClosed }, "still failing closed once live")
+	eventually(t, waitLong, func() bool { return sub.Connected() && !store.SyncStatus().FailClosed }, "still failing closed once live")
 }
 
 // TestRunReturnsPromptly cancels Run in each state and wants it back
@@ -108,8 +108,8 @@ func TestRunReturnsPromptly(t *testing.T) {
 			if took := r.stop(t); took > 100*time.Millisecond {
 				t.Fatalf("Run returned %v after cancel, want <= 100ms", took)
 			}
-			if st := sub.Status(); st.State != stream.Idle || sub.Connected() || store.Sync().Live {
-				t.Fatalf("after Run: status %+v, store %+v", st, store.Sync())
+			if st := sub.Status(); st.State != stream.Idle || sub.Connected() || store.SyncStatus().Live {
+				t.Fatalf("after Run: status %+v, store %+v", st, store.SyncStatus())
 			}
 		})
 	}

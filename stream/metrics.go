@@ -3,21 +3,27 @@ package stream
 import (
 	"context"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/metric/noop"
 	"google.golang.org/grpc/codes"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/telemetry"
 )
 
 // meterName is the instrumentation scope of the subscriber's metrics.
 const meterName = "github.com/opcontrol/opcontrol/stream"
 
-// reasonMalformed is the rejected-signal reason of a frame that did not
-// decode; the other reasons are controlstore.RejectReason values.
-const reasonMalformed = "malformed_frame"
+// Rejected-signal reasons of the subscriber's own; the others are
+// controlstore.RejectReason values.
+const (
+	// reasonMalformed: a frame that did not decode.
+	reasonMalformed = "malformed_frame"
+	// reasonTooLarge: a frame over maxFrameSize, which ended its stream.
+	reasonTooLarge = "frame_too_large"
+	// reasonOther: a refusal the store did not explain (none today).
+	reasonOther = "other"
+)
 
 // metrics holds the instruments and precomputed attribute sets, so that
 // recording allocates nothing. No attribute carries an op id.
@@ -33,41 +39,30 @@ type metrics struct {
 }
 
 func newMetrics(mp metric.MeterProvider) *metrics {
-	if mp == nil {
-		mp = otel.GetMeterProvider()
-	}
-	meter := mp.Meter(meterName)
-	fallback := noop.Meter{}
-	m := &metrics{}
-	var err error
-	if m.up, err = meter.Int64UpDownCounter("opcontrol.stream.up",
-		metric.WithDescription("Op-control streams currently live (1 per live subscriber)."),
-		metric.WithUnit("{stream}")); err != nil {
-		m.up, _ = fallback.Int64UpDownCounter("")
-	}
-	if m.reconnects, err = meter.Int64Counter("opcontrol.stream.reconnects",
-		metric.WithDescription("Subscribe attempts after the first of a Run, by the status code that ended the previous attempt or stream."),
-		metric.WithUnit("{attempt}")); err != nil {
-		m.reconnects, _ = fallback.Int64Counter("")
-	}
-	if m.received, err = meter.Int64Counter("opcontrol.stream.signals.received",
-		metric.WithDescription("Op-control messages received and decoded, by signal."),
-		metric.WithUnit("{signal}")); err != nil {
-		m.received, _ = fallback.Int64Counter("")
-	}
-	if m.rejected, err = meter.Int64Counter("opcontrol.stream.signals.rejected",
-		metric.WithDescription("Frames dropped: undecodable (malformed_frame) or refused by the store, by reason."),
-		metric.WithUnit("{signal}")); err != nil {
-		m.rejected, _ = fallback.Int64Counter("")
+	meter := telemetry.NewMeter(mp, meterName)
+	defer func() { _ = meter.Done() }()
+	m := &metrics{
+		up: meter.Int64UpDownCounter("opcontrol.stream.up",
+			metric.WithDescription("Op-control streams currently live (1 per live subscriber)."),
+			metric.WithUnit("{stream}")),
+		reconnects: meter.Int64Counter("opcontrol.stream.reconnects",
+			metric.WithDescription("Subscribe attempts after the first of a Run, by the status code that ended the previous attempt or stream."),
+			metric.WithUnit("{attempt}")),
+		received: meter.Int64Counter("opcontrol.stream.signals.received",
+			metric.WithDescription("Op-control messages received and decoded, by signal."),
+			metric.WithUnit("{signal}")),
+		rejected: meter.Int64Counter("opcontrol.stream.signals.rejected",
+			metric.WithDescription("Frames dropped, by reason: undecodable (malformed_frame), over the size limit, which ends the stream (frame_too_large), or refused by the store."),
+			metric.WithUnit("{signal}")),
 	}
 	for i, name := range [...]string{"unspecified", "pause", "resume", "terminate", "unknown"} {
 		m.bySignal[i] = metric.WithAttributeSet(attribute.NewSet(attribute.String("signal", name)))
 	}
 	m.byReason = make(map[string]metric.MeasurementOption)
-	for _, r := range []string{reasonMalformed,
+	for _, r := range []string{reasonMalformed, reasonTooLarge,
 		string(controlstore.ReasonUnspecifiedSignal), string(controlstore.ReasonUnknownSignal),
 		string(controlstore.ReasonEmptyOpID), string(controlstore.ReasonOpIDTooLong),
-		string(controlstore.ReasonForeignAgent)} {
+		string(controlstore.ReasonForeignAgent), reasonOther} {
 		m.byReason[r] = metric.WithAttributeSet(attribute.NewSet(attribute.String("reason", r)))
 	}
 	for c := range m.byCode {
@@ -102,7 +97,7 @@ func (m *metrics) signal(sig controlstore.Signal) {
 func (m *metrics) reject(reason string) {
 	opt, ok := m.byReason[reason]
 	if !ok {
-		opt = metric.WithAttributeSet(attribute.NewSet(attribute.String("reason", "other")))
+		opt = m.byReason[reasonOther]
 	}
 	m.rejected.Add(context.Background(), 1, opt)
 }

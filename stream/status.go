@@ -1,6 +1,8 @@
 package stream
 
 import (
+	"context"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -76,7 +78,73 @@ type Status struct {
 	// LastSequence is the sequence number of the last message received
 	// (advisory; see the package documentation).
 	LastSequence uint64
-	// Received counts frames received; Dropped counts those that could
-	// not be decoded or that the store rejected.
-	Received, Dropped uint64
+	// Received counts frames received; Dropped counts those of them that
+	// were dropped: frames that do not decode, signals the store refused,
+	// and frames over the size limit. TooLarge counts the last kind alone:
+	// each ended its stream (see the package documentation, "Input").
+	Received, Dropped, TooLarge uint64
+}
+
+func (s *Subscriber) beginAttempt() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status.Attempts++
+	s.status.NextAttempt = time.Time{}
+	if st := s.status.State; st != Unauthorized && st != Misconfigured {
+		s.setStateLocked(Connecting, time.Now())
+	}
+}
+
+func (s *Subscriber) setStateLocked(st State, now time.Time) {
+	if s.status.State != st {
+		s.status.State, s.status.Since = st, now
+	}
+}
+
+// failed records a failed attempt or a lost stream (liveFor > 0) and logs
+// it (see logFailure).
+func (s *Subscriber) failed(state State, code codes.Code, err error, wait, liveFor time.Duration) {
+	now := time.Now()
+	s.mu.Lock()
+	s.setStateLocked(state, now)
+	s.status.LastError, s.status.LastCode, s.status.LastErrorAt = err, code, now
+	if wait > 0 {
+		s.status.NextAttempt = now.Add(wait)
+	}
+	key := failureKey{state, code}
+	changed := key != s.logKey
+	s.logKey = key
+	attempts := s.status.Attempts
+	s.mu.Unlock()
+
+	s.logFailure(state, code, err, attempts, changed, wait, liveFor)
+}
+
+// goLive marks the stream live and returns when.
+func (s *Subscriber) goLive() time.Time {
+	now := time.Now()
+	s.mu.Lock()
+	attempts, downFor := s.status.Attempts, now.Sub(s.status.DownSince)
+	s.setStateLocked(Live, now)
+	s.status.Attempts, s.status.DownSince, s.status.NextAttempt = 0, time.Time{}, time.Time{}
+	s.logKey = failureKey{state: Live}
+	s.mu.Unlock()
+
+	s.connected.Store(true)
+	s.guard.setLive(true)
+	s.metrics.setUp(true)
+	s.readyOnce.Do(func() { close(s.ready) })
+	s.log.LogAttrs(context.Background(), slog.LevelInfo, "op-control stream live",
+		slog.Int("attempts", attempts), slog.Duration("down_for", downFor))
+	return now
+}
+
+// goDown marks the stream no longer live.
+func (s *Subscriber) goDown() {
+	s.connected.Store(false)
+	s.metrics.setUp(false)
+	s.guard.setLive(false)
+	s.mu.Lock()
+	s.status.DownSince = time.Now()
+	s.mu.Unlock()
 }

@@ -3,6 +3,7 @@ package stream_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -25,8 +26,8 @@ func TestSubscribeSendsTripleAndToken(t *testing.T) {
 	if !ev.HasAgent || ev.Agent != agent || ev.Token != token || ev.Code != codes.OK {
 		t.Fatalf("gateway saw %+v, want agent %+v with token %q admitted", ev, agent, token)
 	}
-	if !sub.Connected() || sub.Status().State != stream.Live || !store.Sync().Live {
-		t.Fatalf("after Ready: connected %v, status %+v, store %+v", sub.Connected(), sub.Status(), store.Sync())
+	if !sub.Connected() || sub.Status().State != stream.Live || !store.SyncStatus().Live {
+		t.Fatalf("after Ready: connected %v, status %+v, store %+v", sub.Connected(), sub.Status(), store.SyncStatus())
 	}
 }
 
@@ -59,21 +60,23 @@ func TestRunTwiceIsRefused(t *testing.T) {
 	}
 }
 
+// TestConstructorsPanicOnMisuse: programmer errors panic, with a message
+// (values that arrive at run time do not: see config_test.go).
 func TestConstructorsPanicOnMisuse(t *testing.T) {
 	store := testutil.NewStore(t, agent)
 	cc := dial(t, "127.0.0.1:1")
 	for name, f := range map[string]func(){
-		"nil cc":              func() { stream.NewSubscriber(nil, store) },
-		"nil store":           func() { stream.NewSubscriber(cc, nil) },
-		"empty token":         func() { stream.WithCredentialToken("  ") },
-		"non-ASCII token":     func() { stream.WithCredentialToken("tök") },
-		"nil backoff":         func() { stream.WithBackOff(nil) },
-		"negative fail-after": func() { stream.WithFailClosedAfter(-1) },
+		"nil cc":                func() { stream.NewSubscriber(nil, store) },
+		"nil store":             func() { stream.NewSubscriber(cc, nil) },
+		"nil backoff":           func() { stream.WithBackoff(nil) },
+		"nil backoff, old name": func() { stream.WithBackOff(nil) },
 	} {
 		t.Run(name, func(t *testing.T) {
 			defer func() {
-				if recover() == nil {
+				if r := recover(); r == nil {
 					t.Fatal("no panic")
+				} else if msg, ok := r.(string); !ok || !strings.HasPrefix(msg, "stream: ") {
+					t.Fatalf("panic %v, want a message from package stream", r)
 				}
 			}()
 			f()

@@ -7,7 +7,7 @@
 //     streaming tool (Progress);
 //   - two agents, each wired exactly as a real agent is (see startAgent): a
 //     controlstore.Store, a stream.Subscriber on a gateway connection dialled
-//     with stream.DialOptions, and a tool client connection dialled with
+//     with stream.GatewayDialOptions, and a tool client connection dialled with
 //     interceptor.DialOptions. Every op runs under its own OpenTelemetry SDK
 //     span, whose "trace_id:span_id" is the op id the operator targets.
 //
@@ -131,7 +131,7 @@ func startAgent(ctx context.Context, cfg config, tl *timeline, n int, id control
 	// 2. The subscriber keeps the store in step with the gateway's
 	// op-control stream, presenting the credential token the gateway's
 	// agent registry issued, and reconnects for ever.
-	a.gwConn, err = grpc.NewClient(gatewayAddr, append(stream.DialOptions(),
+	a.gwConn, err = grpc.NewClient(gatewayAddr, append(stream.GatewayDialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		return nil, err

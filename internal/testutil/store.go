@@ -9,11 +9,11 @@ import (
 	"github.com/opcontrol/opcontrol/controlstore"
 )
 
-// NewStore returns a new store for agent, failing the test if New refuses
-// the configuration.
+// NewStore returns a new store for agent that logs nothing (unless opts
+// give it a logger), failing the test if New refuses the configuration.
 func NewStore(tb testing.TB, agent controlstore.Agent, opts ...controlstore.Option) *controlstore.Store {
 	tb.Helper()
-	s, err := controlstore.New(agent, opts...)
+	s, err := controlstore.New(agent, append([]controlstore.Option{controlstore.WithLogger(nil)}, opts...)...)
 	if err != nil {
 		tb.Fatalf("controlstore.New(%+v): %v", agent, err)
 	}

@@ -7,11 +7,16 @@
 //
 //   - Checks, in order, each a trailers-only rejection: the request has no
 //     agent_id (InvalidArgument); no valid credential token
-//     (Unauthenticated); the requested org/team/agent triple is not the
-//     token's registered identity, byte for byte (PermissionDenied); no
-//     publisher attached (Unavailable). The token is read from
-//     x-aa-credential-token (trimmed; empty means absent), otherwise from
-//     "authorization: Bearer <token>" ("Bearer " or "bearer ").
+//     (Unauthenticated); the requested triple is not the token's registered
+//     identity (PermissionDenied); no publisher attached (Unavailable). The
+//     token is read from x-aa-credential-token (trimmed; empty means
+//     absent), otherwise from authorization, trimmed, as "Bearer <token>"
+//     or "bearer <token>".
+//   - The identity check compares the triples as the real gateway does, by
+//     the joined string "{org}/{team}/{agent}": byte for byte, so case and
+//     an empty org or team count, but a "/" inside a field is not told
+//     apart from the separator (org "a/b" with team "c" passes for org "a"
+//     with team "b/c").
 //   - An admitted stream is subscribed to the broadcast ring, then the
 //     response headers are sent: headers received means nothing published
 //     from then on is missed.

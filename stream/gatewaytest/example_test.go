@@ -22,7 +22,7 @@ func Example() {
 	}
 	defer gw.Close()
 
-	cc, err := grpc.NewClient(gw.Addr(), append(stream.DialOptions(),
+	cc, err := grpc.NewClient(gw.Addr(), append(stream.GatewayDialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		panic(err)

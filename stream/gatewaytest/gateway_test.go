@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -116,12 +117,19 @@ func TestAdmission(t *testing.T) {
 		{"token is trimmed", request(alice), []string{"x-aa-credential-token", "  " + aliceToken + " "}, nil, codes.OK},
 		{"bearer", request(alice), []string{"authorization", "Bearer " + aliceToken}, nil, codes.OK},
 		{"lowercase bearer", request(alice), []string{"authorization", "bearer  " + aliceToken}, nil, codes.OK},
+		{"bearer after spaces: the value is trimmed first", request(alice), []string{"authorization", "  Bearer " + aliceToken + "  "}, nil, codes.OK},
+		{"bearer and nothing else", request(alice), []string{"authorization", "  Bearer   "}, nil, codes.Unauthenticated},
 		{"uppercase bearer", request(alice), []string{"authorization", "BEARER " + aliceToken}, nil, codes.Unauthenticated},
 		{"basic", request(alice), []string{"authorization", "Basic " + aliceToken}, nil, codes.Unauthenticated},
 		{"empty token counts as absent", request(alice), []string{"x-aa-credential-token", " ", "authorization", "Bearer " + aliceToken}, nil, codes.OK},
 		{"unknown token, no fallback", request(alice), []string{"x-aa-credential-token", "nope", "authorization", "Bearer " + aliceToken}, nil, codes.Unauthenticated},
 		{"another agent's triple", request(bob), []string{"x-aa-credential-token", aliceToken}, nil, codes.PermissionDenied},
 		{"empty org is part of the identity", request(controlstore.Agent{TeamID: "team", AgentID: "a"}), []string{"x-aa-credential-token", aliceToken}, nil, codes.PermissionDenied},
+		{"case is part of the identity", request(controlstore.Agent{OrgID: "Org", TeamID: "team", AgentID: "a"}), []string{"x-aa-credential-token", aliceToken}, nil, codes.PermissionDenied},
+		// The identity is the joined "{org}/{team}/{agent}", as upstream:
+		// "a/b"+"c" is "a"+"b/c". Faithful, not a fix.
+		{"a slash moves between fields unnoticed", request(controlstore.Agent{OrgID: "a", TeamID: "b/c", AgentID: "d"}), []string{"x-aa-credential-token", "slash"},
+			[]gatewaytest.Option{gatewaytest.WithToken("slash", controlstore.Agent{OrgID: "a/b", TeamID: "c", AgentID: "d"})}, codes.OK},
 		{"no agent_id, checked before auth", &wirev1.OpControlSubscribeRequest{}, nil, nil, codes.InvalidArgument},
 		{"no registry", request(bob), nil, []gatewaytest.Option{gatewaytest.WithoutAuth()}, codes.OK},
 	}
@@ -363,4 +371,22 @@ func TestLifecycleErrors(t *testing.T) {
 		t.Fatal("Restart of a closed gateway succeeded")
 	}
 	gw.Close()
+}
+
+// TestOptions: a nil Option is ignored; an option out of range makes Start
+// fail instead of panicking.
+func TestOptions(t *testing.T) {
+	gw, err := gatewaytest.Start(nil, gatewaytest.WithRingCapacity(2), nil)
+	if err != nil {
+		t.Fatalf("Start with nil options: %v", err)
+	}
+	gw.Close()
+	for _, n := range []int{0, -1} {
+		if gw, err := gatewaytest.Start(gatewaytest.WithRingCapacity(n)); err == nil || !strings.Contains(err.Error(), "WithRingCapacity") {
+			if gw != nil {
+				gw.Close()
+			}
+			t.Fatalf("WithRingCapacity(%d): Start = %v, want an error naming the option", n, err)
+		}
+	}
 }

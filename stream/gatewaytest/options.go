@@ -1,6 +1,7 @@
 package gatewaytest
 
 import (
+	"errors"
 	"strconv"
 
 	"google.golang.org/grpc"
@@ -12,7 +13,7 @@ import (
 // gateway.
 const DefaultRingCapacity = 256
 
-// Option configures a Gateway.
+// Option configures a Gateway. A nil Option is ignored.
 type Option func(*options)
 
 type options struct {
@@ -22,6 +23,7 @@ type options struct {
 	tokens     map[string]controlstore.Agent
 	serverOpts []grpc.ServerOption
 	observer   func(SubscribeEvent)
+	err        error // the first option out of range, returned by Start
 }
 
 // defaultAddr asks for a free loopback port (see listen).
@@ -51,12 +53,14 @@ func WithoutAuth() Option {
 }
 
 // WithRingCapacity sets the capacity of the broadcast ring (default
-// DefaultRingCapacity). It panics when n < 1.
+// DefaultRingCapacity). Start fails when n < 1.
 func WithRingCapacity(n int) Option {
-	if n < 1 {
-		panic("gatewaytest: WithRingCapacity needs n >= 1, got " + strconv.Itoa(n))
+	return func(o *options) {
+		if n < 1 && o.err == nil {
+			o.err = errors.New("gatewaytest: WithRingCapacity needs n >= 1, got " + strconv.Itoa(n))
+		}
+		o.ringCap = n
 	}
-	return func(o *options) { o.ringCap = n }
 }
 
 // WithServerOptions adds options to the gateway's grpc.Server, after its

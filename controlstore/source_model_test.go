@@ -1,0 +1,349 @@
+package controlstore_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/opcontrol/opcontrol/controlstore"
+)
+
+// The two-source model: an operator publishes halts of the global and the
+// agent scope. The bus carries every one, in order, and its source resumes
+// where it left off after an outage, reporting live once caught up. The
+// gateway carries a copy that it may drop, deliver late (behind a queue),
+// lose entirely while its stream is down, or replay from its own bridge
+// (old entries again). The store must end where the operator left it, and
+// while the bus is live, agree with the bus exactly.
+
+type halt struct {
+	scope int // 0 global, 1 agent
+	sig   controlstore.Signal
+}
+
+type twoSourceWorld struct {
+	t     *testing.T
+	rng   *rand.Rand
+	store *controlstore.Store
+	bus   *controlstore.Source
+	gw    *controlstore.Source
+
+	truth []halt
+	ids   [2]string
+
+	busUp   bool // connected; live once caught up
+	busLive bool
+	busPos  int // next truth index the bus delivers
+
+	gwUp    bool
+	gwQueue []halt // in flight on the gateway's stream
+
+	terminated [2]bool // a TERMINATE of the scope has been applied by a source
+	log        []string
+}
+
+func newTwoSourceWorld(t *testing.T, seed uint64) *twoSourceWorld {
+	w := &twoSourceWorld{t: t, rng: rand.New(rand.NewPCG(seed, 7))}
+	w.store = newStore(t)
+	w.ids = [2]string{controlstore.GlobalOpID, controlstore.AgentOpIDPrefix + agentID}
+	w.bus = w.store.AddSource("bus", controlstore.SourceBus)
+	w.gw = w.store.AddSource("gateway", controlstore.SourceGateway)
+	w.bus.Start()
+	w.gw.Start()
+	w.busUp, w.gwUp = true, true
+	w.gw.SetLive(true)
+	w.catchUp() // an empty bus is caught up at once
+	return w
+}
+
+func (w *twoSourceWorld) logf(format string, args ...any) {
+	w.log = append(w.log, fmt.Sprintf(format, args...))
+}
+
+func (w *twoSourceWorld) publish(h halt) {
+	w.truth = append(w.truth, h)
+	if w.gwUp {
+		w.gwQueue = append(w.gwQueue, h)
+	}
+	w.logf("publish #%d %s %v", len(w.truth)-1, w.ids[h.scope], h.sig)
+}
+
+func (w *twoSourceWorld) apply(src *controlstore.Source, h halt) {
+	if err := src.Apply(w.ids[h.scope], h.sig); err != nil {
+		w.t.Fatalf("%s.Apply: %v", src.Name(), err)
+	}
+	if h.sig == controlstore.SignalTerminate {
+		w.terminated[h.scope] = true
+	}
+}
+
+func (w *twoSourceWorld) busDeliver() {
+	if !w.busUp || w.busPos == len(w.truth) {
+		return
+	}
+	h := w.truth[w.busPos]
+	w.logf("bus delivers #%d %v", w.busPos, h.sig)
+	w.busPos++
+	before := w.store.State(w.ids[h.scope])
+	w.apply(w.bus, h)
+	if !w.busLive && h.sig != controlstore.SignalTerminate {
+		// Catching up replays halts the operator may have long since
+		// overridden: none of them may move the scope on its own.
+		if got := w.store.State(w.ids[h.scope]); got != before {
+			w.t.Fatalf("bus catching up moved %s from %v to %v\n  %s", w.ids[h.scope], before, got,
+				strings.Join(w.log[max(0, len(w.log)-40):], "\n  "))
+		}
+	}
+	w.catchUp()
+}
+
+// catchUp reports the bus live once it has delivered everything published.
+func (w *twoSourceWorld) catchUp() {
+	if w.busUp && !w.busLive && w.busPos == len(w.truth) {
+		w.busLive = true
+		w.bus.SetLive(true)
+		w.logf("bus live")
+	}
+}
+
+func (w *twoSourceWorld) gwDeliver(drop bool) {
+	if !w.gwUp || len(w.gwQueue) == 0 {
+		return
+	}
+	h := w.gwQueue[0]
+	w.gwQueue = w.gwQueue[1:]
+	if drop {
+		w.logf("gateway drops %v", h.sig)
+		return
+	}
+	w.logf("gateway delivers %s %v", w.ids[h.scope], h.sig)
+	w.apply(w.gw, h)
+}
+
+// want is the state the operator left scope in after the first n halts,
+// terminates aside: a terminate counts once a source has applied it (one
+// that both sources missed is lost, as the test of the end states allows).
+func (w *twoSourceWorld) want(scope, n int) controlstore.State {
+	st := controlstore.Running
+	for _, h := range w.truth[:n] {
+		if h.scope != scope {
+			continue
+		}
+		switch h.sig {
+		case controlstore.SignalPause:
+			st = controlstore.Paused
+		case controlstore.SignalResume:
+			st = controlstore.Running
+		}
+	}
+	return st
+}
+
+func (w *twoSourceWorld) check(when string, n int) {
+	for scope := range 2 {
+		got := w.store.State(w.ids[scope])
+		want := w.want(scope, n)
+		if w.terminated[scope] {
+			want = controlstore.Terminated // a terminate from either source is sticky
+		}
+		if got != want {
+			tail := w.log[max(0, len(w.log)-40):]
+			w.t.Fatalf("%s: %s is %v, want %v\n  %s", when, w.ids[scope], got, want, strings.Join(tail, "\n  "))
+		}
+	}
+}
+
+func (w *twoSourceWorld) step() {
+	switch r := w.rng.IntN(100); {
+	case r < 25:
+		sig := controlstore.SignalPause
+		if w.rng.IntN(2) == 0 {
+			sig = controlstore.SignalResume
+		}
+		if w.rng.IntN(60) == 0 {
+			sig = controlstore.SignalTerminate
+		}
+		w.publish(halt{scope: w.rng.IntN(2), sig: sig})
+	case r < 50:
+		w.busDeliver()
+	case r < 75:
+		w.gwDeliver(w.rng.IntN(4) == 0)
+	case r < 80: // the bus link drops
+		if w.busUp {
+			w.busUp, w.busLive = false, false
+			w.bus.SetLive(false)
+			w.logf("bus down")
+		}
+	case r < 85:
+		if !w.busUp {
+			w.busUp = true
+			w.logf("bus up")
+			w.catchUp()
+		}
+	case r < 90: // the gateway stream drops: what is in flight is lost
+		if w.gwUp {
+			w.gwUp, w.gwQueue = false, nil
+			w.gw.SetLive(false)
+			w.logf("gateway down")
+		}
+	case r < 95:
+		if !w.gwUp {
+			w.gwUp = true
+			w.gw.SetLive(true)
+			w.logf("gateway up")
+		}
+	default: // the gateway's own bridge reconnects and replays its window
+		if w.gwUp {
+			from := max(0, len(w.truth)-w.rng.IntN(8))
+			w.gwQueue = append(w.gwQueue, w.truth[from:]...)
+			w.logf("gateway replays #%d..", from)
+		}
+	}
+	if w.busLive {
+		// While the bus is live the store agrees with it exactly.
+		w.check("bus live", w.busPos)
+	}
+}
+
+// TestTwoSourcesModel runs random interleavings of a bus and a gateway
+// feeding one store, with drops, outages, late and replayed copies.
+func TestTwoSourcesModel(t *testing.T) {
+	runs := 3000
+	if testing.Short() {
+		runs = 300
+	}
+	for seed := range uint64(runs) {
+		w := newTwoSourceWorld(t, seed)
+		for range 150 {
+			w.step()
+		}
+		switch seed % 3 {
+		case 0, 1:
+			// The bus comes back and catches up; the gateway may have
+			// missed its tail, or still have stale copies in flight.
+			if !w.busUp {
+				w.busUp = true
+				w.catchUp()
+			}
+			for w.busPos < len(w.truth) {
+				w.busDeliver()
+			}
+			if seed%3 == 1 {
+				for len(w.gwQueue) > 0 {
+					w.gwDeliver(false)
+				}
+			}
+			w.check("bus caught up at the end", len(w.truth))
+		case 2:
+			// The bus misses its tail: it stays down. The gateway, live,
+			// delivers what it has in flight, and then a final halt of
+			// each scope: the store must follow the gateway alone.
+			if w.busUp {
+				w.busUp, w.busLive = false, false
+				w.bus.SetLive(false)
+			}
+			if !w.gwUp {
+				w.gwUp = true
+				w.gw.SetLive(true)
+			}
+			for len(w.gwQueue) > 0 {
+				w.gwDeliver(false)
+			}
+			for scope := range 2 {
+				w.publish(halt{scope: scope, sig: controlstore.Signal(1 + w.rng.IntN(2))})
+			}
+			for len(w.gwQueue) > 0 {
+				w.gwDeliver(false)
+			}
+			w.check("gateway alone at the end", len(w.truth))
+		}
+		if t.Failed() {
+			return
+		}
+	}
+}
+
+// A late gateway copy of an old RESUME, arriving after the bus applied the
+// newer PAUSE and dropped, must not stay in force once the bus is back:
+// the bus's view wins when it goes live, even though it has nothing new.
+func TestTwoSourcesLateGatewayCopyIsUndoneByTheBus(t *testing.T) {
+	s := newStore(t)
+	bus := s.AddSource("bus", controlstore.SourceBus)
+	gw := s.AddSource("gateway", controlstore.SourceGateway)
+	bus.Start()
+	gw.Start()
+	bus.SetLive(true)
+	gw.SetLive(true)
+	for _, sig := range []controlstore.Signal{controlstore.SignalPause, controlstore.SignalResume, controlstore.SignalPause} {
+		if err := bus.Apply("*", sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The gateway's copies, lagging, are ignored while the bus is live.
+	if err := gw.Apply("*", controlstore.SignalResume); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.State("*"); got != controlstore.Paused {
+		t.Fatalf("after a stale gateway RESUME while the bus is live: %v, want paused", got)
+	}
+	bus.SetLive(false)
+	if err := gw.Apply("*", controlstore.SignalResume); err != nil { // still the stale copy
+		t.Fatal(err)
+	}
+	if got := s.State("*"); got != controlstore.Running {
+		t.Fatalf("with the bus down the gateway applies: %v, want running", got)
+	}
+	bus.SetLive(true) // back, caught up, nothing new published
+	if got := s.State("*"); got != controlstore.Paused {
+		t.Fatalf("bus live again: %v, want the bus's paused", got)
+	}
+	if st := s.Stats(); st.Superseded != 1 {
+		t.Fatalf("Superseded = %d, want 1", st.Superseded)
+	}
+}
+
+// A bus catching up delivers old halts; only the last one of each scope
+// counts, when it goes live: no resume of a pause that was re-issued.
+func TestTwoSourcesCatchUpAppliesOnlyTheLastHalt(t *testing.T) {
+	s := newStore(t)
+	bus := s.AddSource("bus", controlstore.SourceBus)
+	gw := s.AddSource("gateway", controlstore.SourceGateway)
+	bus.Start()
+	gw.Start()
+	gw.SetLive(true)
+	if err := gw.Apply("*", controlstore.SignalPause); err != nil { // the newest halt, via the gateway
+		t.Fatal(err)
+	}
+	o, _ := op(1)
+	for _, sig := range []controlstore.Signal{controlstore.SignalPause, controlstore.SignalResume} {
+		if err := bus.Apply("*", sig); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Check(o); err == nil {
+			t.Fatalf("bus catching up delivered %v: a call may run, but the operator's last word was pause", sig)
+		}
+	}
+	if err := bus.Apply("*", controlstore.SignalPause); err != nil {
+		t.Fatal(err)
+	}
+	bus.SetLive(true)
+	if got := s.State("*"); got != controlstore.Paused {
+		t.Fatalf("caught up: %v, want paused", got)
+	}
+	if st := s.Stats(); st.Deferred != 3 {
+		t.Fatalf("Deferred = %d, want 3", st.Deferred)
+	}
+	// A terminate from the bus is never deferred.
+	if err := bus.Apply(controlstore.AgentOpIDPrefix+agentID, controlstore.SignalTerminate); err != nil {
+		t.Fatal(err)
+	}
+	bus.SetLive(false)
+	if err := bus.Apply(controlstore.AgentOpIDPrefix+agentID, controlstore.SignalResume); err != nil {
+		t.Fatal(err)
+	}
+	bus.SetLive(true)
+	if got := s.State(controlstore.AgentOpIDPrefix + agentID); got != controlstore.Terminated {
+		t.Fatalf("agent scope = %v, want terminated for good", got)
+	}
+}
