@@ -59,6 +59,14 @@ func newStore(t testing.TB, opts ...controlstore.Option) *controlstore.Store {
 	return testutil.NewStore(t, controlstore.Agent{OrgID: "org", TeamID: "team", AgentID: testAgentID}, opts...)
 }
 
+// holdFailClosed makes store fail closed, as a source that knows it lost
+// signals does, until the returned function is called.
+func holdFailClosed(store *controlstore.Store) (release func()) {
+	src := store.AddSource("test", controlstore.SourceGateway)
+	src.HoldFailClosed("test")
+	return src.ReleaseFailClosed
+}
+
 func apply(t testing.TB, s *controlstore.Store, id string, sig controlstore.Signal) {
 	t.Helper()
 	if err := s.Apply(id, sig); err != nil {

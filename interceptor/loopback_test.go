@@ -243,13 +243,13 @@ func TestLoopbackFailClosed(t *testing.T) {
 	apply(t, store, controlstore.GlobalOpID, controlstore.SignalPause)
 	held := async(func() error { return callEcho(context.Background(), cc) })
 	waitHeld(t, store, 1)
-	store.SetFailClosed(true) // held calls fail closed, and new ones
+	release := holdFailClosed(store) // held calls fail closed, and new ones
 	for _, err := range []error{recv(t, held, "held call"), callEcho(context.Background(), cc)} {
 		if status.Code(err) != codes.Unavailable || errorInfo(t, err).Reason != interceptor.ReasonUnavailable {
 			t.Fatalf("err = %v, want Unavailable/OP_CONTROL_UNAVAILABLE", err)
 		}
 	}
-	store.SetFailClosed(false)
+	release()
 	apply(t, store, controlstore.GlobalOpID, controlstore.SignalResume)
 	if err := callEcho(context.Background(), cc); err != nil {
 		t.Fatal(err)
@@ -377,7 +377,7 @@ func TestLoopbackOpControlStreamNeverGated(t *testing.T) {
 			store := newStore(t)
 			cc := dial(t, ts, interceptor.DialOptions(store, m.opt)...)
 			apply(t, store, controlstore.GlobalOpID, controlstore.SignalPause)
-			store.SetFailClosed(true)
+			holdFailClosed(store)
 			for i, sig := range []controlstore.Signal{controlstore.SignalPause, controlstore.SignalTerminate} {
 				apply(t, store, controlstore.GlobalOpID, sig)
 				ctx, cancel := context.WithTimeout(context.Background(), waitFor)

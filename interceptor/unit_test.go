@@ -252,7 +252,7 @@ func TestUnaryFailClosed(t *testing.T) {
 	for _, m := range modes() {
 		t.Run(m.name, func(t *testing.T) {
 			store := newStore(t)
-			store.SetFailClosed(true)
+			release := holdFailClosed(store)
 			inv := &fakeInvoker{}
 			ctx := interceptor.ContextWithOpID(context.Background(), "trace-001:span-001")
 			err := interceptor.UnaryClientInterceptor(store, m.opt)(ctx, methodEcho, nil, nil, nil, inv.invoke)
@@ -265,7 +265,7 @@ func TestUnaryFailClosed(t *testing.T) {
 			if inv.calls.Load() != 0 {
 				t.Fatal("invoker called while failing closed")
 			}
-			store.SetFailClosed(false)
+			release()
 			if err := interceptor.UnaryClientInterceptor(store, m.opt)(ctx, methodEcho, nil, nil, nil, inv.invoke); err != nil {
 				t.Fatalf("after fail-closed ended: %v", err)
 			}
@@ -543,9 +543,9 @@ func TestSpanEventsAndMetrics(t *testing.T) {
 	}
 
 	// unavailable
-	store.SetFailClosed(true)
+	release := holdFailClosed(store)
 	_ = unary(context.Background(), methodEcho, nil, nil, nil, inv.invoke)
-	store.SetFailClosed(false)
+	release()
 
 	// cancelled in flight
 	ctx, span, _ = tr.start(context.Background(), "cancelled")
