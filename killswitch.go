@@ -107,7 +107,7 @@ func New(ctx context.Context, cfg Config) (*KillSwitch, error) {
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	gwConn, err := grpc.NewClient(cfg.GatewayAddr, append(stream.DialOptions(), grpc.WithTransportCredentials(creds))...)
+	gwConn, err := grpc.NewClient(cfg.GatewayAddr, append(stream.GatewayDialOptions(), grpc.WithTransportCredentials(creds))...)
 	if err != nil {
 		return nil, fmt.Errorf("opcontrol: gateway address %q: %w", cfg.GatewayAddr, err)
 	}

@@ -19,7 +19,7 @@ import (
 // runStream runs a gateway stream subscriber of store through link.
 func runStream(t *testing.T, addr string, store *controlstore.Store) *stream.Subscriber {
 	t.Helper()
-	cc, err := grpc.NewClient(addr, append(stream.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	cc, err := grpc.NewClient(addr, append(stream.GatewayDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,7 +75,7 @@ func gatewayAgent(t *testing.T, srv *jetstreamtest.Server, opts ...jetstreamtest
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
-	cc, err := grpc.NewClient(gw.Addr(), append(stream.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	cc, err := grpc.NewClient(gw.Addr(), append(stream.GatewayDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,7 +35,7 @@ func Example() {
 	defer srv.Close()
 
 	// The agent's side: a store kept fresh by a subscriber.
-	cc, err := grpc.NewClient(gw.Addr(), append(stream.DialOptions(),
+	cc, err := grpc.NewClient(gw.Addr(), append(stream.GatewayDialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		panic(err)

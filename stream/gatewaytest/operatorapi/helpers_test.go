@@ -98,7 +98,7 @@ func newServer(t *testing.T, h http.Handler) *httptest.Server {
 // subscribe returns agent's store, kept fresh by a live subscriber.
 func subscribe(t *testing.T, gw *gatewaytest.Gateway, agent controlstore.Agent, token string) *controlstore.Store {
 	t.Helper()
-	cc, err := grpc.NewClient(gw.Addr(), append(stream.DialOptions(),
+	cc, err := grpc.NewClient(gw.Addr(), append(stream.GatewayDialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
