@@ -1,33 +1,21 @@
 package jetstream
 
 import (
-	"math/rand/v2"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+
+	"github.com/opcontrol/opcontrol/internal/retry"
 )
 
-// Timing.
+// Timing of the bus subscriber. The reconnect schedule itself (waits of
+// 250 ms, 500 ms, 1 s, 2 s, then 3 s, ±50 %, for ever; starting over once
+// live for 10 s; 5-7.5 s after a failure that a retry cannot fix soon, such
+// as a missing permission, stream or JetStream) is the gateway stream's
+// too, defined once in internal/retry; it applies between failed attempts
+// on a connected link, while reconnecting the link itself is nats.go's job
+// (see Connect).
 const (
-	// DefaultInitialInterval, DefaultMultiplier, DefaultMaxInterval and
-	// DefaultRandomizationFactor shape DefaultBackOff: waits of 250 ms,
-	// 500 ms, 1 s, 2 s, then 3 s, each randomised by ±50 %, for ever. They
-	// apply between failed attempts on a connected link; reconnecting the
-	// link itself is nats.go's job (see Connect).
-	DefaultInitialInterval     = 250 * time.Millisecond
-	DefaultMultiplier          = 2.0
-	DefaultMaxInterval         = 3 * time.Second
-	DefaultRandomizationFactor = 0.5
-
-	// StableAfter is how long the subscriber must have been live for the
-	// backoff to start again from its initial interval.
-	StableAfter = 10 * time.Second
-
-	// MisconfiguredRetryInterval is the shortest wait after an attempt that
-	// failed for want of permission, stream or JetStream. A random 0-50 %
-	// is added.
-	MisconfiguredRetryInterval = 5 * time.Second
-
 	// DefaultHeartbeat is the consumers' idle heartbeat: a lost consumer
 	// is noticed within twice this.
 	DefaultHeartbeat = 5 * time.Second
@@ -42,58 +30,13 @@ const (
 	// DefaultInactiveThreshold is how long the server keeps a consumer the
 	// subscriber has left (it never deletes one: see the permissions).
 	DefaultInactiveThreshold = 30 * time.Second
-
-	// LogInterval bounds how often dropped messages of one reason are
-	// logged (the first is always logged).
-	LogInterval = 10 * time.Second
 )
 
-// DefaultBackOff returns the default wait between failed attempts.
-func DefaultBackOff() backoff.BackOff {
-	b := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(DefaultInitialInterval),
-		backoff.WithMultiplier(DefaultMultiplier),
-		backoff.WithMaxInterval(DefaultMaxInterval),
-		backoff.WithRandomizationFactor(DefaultRandomizationFactor),
-		backoff.WithMaxElapsedTime(0),
-	)
-	b.Reset()
-	return b
-}
+// DefaultBackoff returns the default wait between failed attempts, the
+// default of WithBackoff.
+func DefaultBackoff() backoff.BackOff { return retry.Default() }
 
-// nextBackOff returns b's next wait; a BackOff that gives up is reset and
-// replaced, this once, by slow.
-func nextBackOff(b backoff.BackOff, slow time.Duration) time.Duration {
-	d := b.NextBackOff()
-	if d == backoff.Stop {
-		b.Reset()
-		return slow
-	}
-	return max(d, 0)
-}
-
-// slowWait is floor plus up to 50 % jitter.
-func slowWait(floor time.Duration) time.Duration {
-	return floor + rand.N(floor/2+1)
-}
-
-// logLimit lets one line through per LogInterval and counts the rest.
-type logLimit struct {
-	last       time.Time
-	suppressed uint64
-}
-
-func (l *logLimit) allow(now time.Time) bool {
-	if !l.last.IsZero() && now.Sub(l.last) < LogInterval {
-		l.suppressed++
-		return false
-	}
-	l.last = now
-	return true
-}
-
-func (l *logLimit) takeSuppressed() uint64 {
-	n := l.suppressed
-	l.suppressed = 0
-	return n
-}
+// DefaultBackOff is DefaultBackoff.
+//
+// Deprecated: use DefaultBackoff (the house spelling, as in package stream).
+func DefaultBackOff() backoff.BackOff { return DefaultBackoff() }

@@ -56,7 +56,7 @@
 // whatever its op_id; an agent envelope's op_id is passed to the store
 // verbatim, as the gateway forwards it. Anything else is dropped, counted
 // by DropReason in Status.Dropped and in metrics, logged at most once per
-// reason every LogInterval; the consumer stays up.
+// reason every 10 s; the consumer stays up.
 //
 // # Two sources, one store
 //
@@ -177,5 +177,5 @@
 //
 // Logs go to WithLogger's logger (default slog.Default()) with bounded
 // volume: state changes once per change, drops once per reason per
-// LogInterval, each loss once.
+// 10 s, each loss once.
 package jetstream

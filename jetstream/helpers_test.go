@@ -110,7 +110,7 @@ func fastBackOff() backoff.BackOff { return backoff.NewConstantBackOff(20 * time
 // testOptions make a subscriber react quickly, and log to the test.
 func testOptions(t testing.TB) []jetstream.Option {
 	return []jetstream.Option{
-		jetstream.WithBackOff(fastBackOff),
+		jetstream.WithBackoff(fastBackOff),
 		jetstream.WithHeartbeat(time.Second),
 		jetstream.WithAPITimeout(2 * time.Second),
 		jetstream.WithSlowWait(50 * time.Millisecond),

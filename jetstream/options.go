@@ -8,6 +8,8 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/opcontrol/opcontrol/internal/retry"
 )
 
 // Option configures a Subscriber. A nil Option is ignored; a value out of
@@ -33,14 +35,14 @@ type options struct {
 
 func defaultOptions() options {
 	return options{
-		newBackOff:  DefaultBackOff,
+		newBackOff:  DefaultBackoff,
 		heartbeat:   DefaultHeartbeat,
 		apiTimeout:  DefaultAPITimeout,
 		checkpoint:  DefaultCheckpointInterval,
 		inactive:    DefaultInactiveThreshold,
 		logger:      slog.Default(),
-		stableAfter: StableAfter,
-		slowWait:    MisconfiguredRetryInterval,
+		stableAfter: retry.StableAfter,
+		slowWait:    retry.MisconfiguredInterval,
 	}
 }
 
@@ -90,15 +92,15 @@ func WithFailClosedOnLoss() Option {
 	return func(o *options) { o.holdOnLoss = true }
 }
 
-// WithBackOff sets how long to wait between failed attempts (default
-// DefaultBackOff). newBackOff is called once per Run; the backoff is reset
-// once the subscriber has been live for StableAfter. A BackOff that
-// returns backoff.Stop does not end Run: the subscriber waits
-// MisconfiguredRetryInterval and resets it. A nil factory is an error.
-func WithBackOff(newBackOff func() backoff.BackOff) Option {
+// WithBackoff sets how long to wait between failed attempts (default
+// DefaultBackoff). newBackOff is called once per Run; the backoff is reset
+// once the subscriber has been live for 10 s. A BackOff that returns
+// backoff.Stop does not end Run: the subscriber waits the slow retry
+// interval (5-7.5 s) and resets it. A nil factory is an error.
+func WithBackoff(newBackOff func() backoff.BackOff) Option {
 	return func(o *options) {
 		if newBackOff == nil {
-			o.fail("WithBackOff needs a non-nil factory")
+			o.fail("WithBackoff needs a non-nil factory")
 			return
 		}
 		o.newBackOff = newBackOff
@@ -150,7 +152,7 @@ func WithCheckpointInterval(d time.Duration) Option {
 // WithLogger sets where the subscriber logs (default slog.Default(): a
 // blind kill switch must not be silent). Volume is bounded: state changes
 // once per change, dropped messages at most once per reason every
-// LogInterval, a loss once. A nil logger discards everything.
+// 10 s, a loss once. A nil logger discards everything.
 func WithLogger(l *slog.Logger) Option {
 	if l == nil {
 		l = slog.New(slog.DiscardHandler)
@@ -169,3 +171,8 @@ func withStableAfter(d time.Duration) Option { return func(o *options) { o.stabl
 func withSlowWait(d time.Duration) Option    { return func(o *options) { o.slowWait = d } }
 
 func (o *options) err() error { return errors.Join(o.errs...) }
+
+// WithBackOff is WithBackoff.
+//
+// Deprecated: use WithBackoff (the house spelling, as in package stream).
+func WithBackOff(newBackOff func() backoff.BackOff) Option { return WithBackoff(newBackOff) }

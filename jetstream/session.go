@@ -467,16 +467,7 @@ func (s *Subscriber) drop(reason, subject string, seq uint64, err error) {
 	s.metrics.drop(reason)
 	s.mu.Lock()
 	s.dropped[reason]++
-	l, ok := s.limits[reason]
-	if !ok {
-		l = &logLimit{}
-		s.limits[reason] = l
-	}
-	allow := l.allow(time.Now())
-	suppressed := uint64(0)
-	if allow {
-		suppressed = l.takeSuppressed()
-	}
+	allow, suppressed := s.limits.Allow(reason, time.Now())
 	s.mu.Unlock()
 	if !allow {
 		return

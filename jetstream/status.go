@@ -1,61 +1,42 @@
 package jetstream
 
 import (
-	"strconv"
 	"time"
+
+	"github.com/opcontrol/opcontrol/controlstore"
 )
 
-// State is the subscriber's health.
-type State int
+// State is the subscriber's health, in the words every source uses
+// (controlstore.SourceState).
+type State = controlstore.SourceState
 
 // States. The names match package stream's where the meaning is the same.
 const (
 	// Idle: Run is not running.
-	Idle State = iota
+	Idle = controlstore.SourceIdle
 	// Connecting: waiting for the connection to the bus, or creating the
 	// two consumers and catching up on what is pending for them.
-	Connecting
+	Connecting = controlstore.SourceConnecting
 	// Live: both consumers are established and caught up; every halt
 	// published from now on is applied as it arrives.
-	Live
+	Live = controlstore.SourceLive
 	// Backoff: the last attempt failed or the consumers were lost; waiting
 	// for the next attempt.
-	Backoff
+	Backoff = controlstore.SourceBackoff
 	// Unauthorized: the server refused the credentials, or the account may
 	// not do what the subscriber needs (see the package documentation for
 	// the permissions). Retried slowly.
-	Unauthorized
+	Unauthorized = controlstore.SourceUnauthorized
 	// Misconfigured: the stream does not exist or JetStream is not
 	// enabled for the account. Retried slowly: the gateway creates the
 	// stream when it connects.
-	Misconfigured
+	Misconfigured = controlstore.SourceMisconfigured
 	// Lost: live, but halts of this agent may have been lost: the stream's
 	// retention expired messages the subscriber had not read (see
 	// Status.Loss). It stays until AcknowledgeLoss; while not live the
 	// state says why and Status.Loss still reports the loss.
-	Lost
+	Lost = controlstore.SourceLost
 )
-
-// String returns the state's lowercase name.
-func (st State) String() string {
-	switch st {
-	case Idle:
-		return "idle"
-	case Connecting:
-		return "connecting"
-	case Live:
-		return "live"
-	case Backoff:
-		return "backoff"
-	case Unauthorized:
-		return "unauthorized"
-	case Misconfigured:
-		return "misconfigured"
-	case Lost:
-		return "lost"
-	}
-	return "state(" + strconv.Itoa(int(st)) + ")"
-}
 
 // Status is a snapshot of the subscriber's health.
 type Status struct {

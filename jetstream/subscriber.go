@@ -14,6 +14,8 @@ import (
 	jsapi "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/ratelog"
+	"github.com/opcontrol/opcontrol/internal/retry"
 )
 
 // SourceName is the name of the subscriber's controlstore.Source.
@@ -62,7 +64,7 @@ type Subscriber struct {
 	logKey  State
 	pos     [numSubjects]position
 	dropped map[string]uint64
-	limits  map[string]*logLimit
+	limits  ratelog.Limiter // drop logs by reason, under mu
 	loss    *Loss
 	losses  uint64
 	live    bool
@@ -128,7 +130,6 @@ func NewSubscriber(nc *nats.Conn, store *controlstore.Store, opts ...Option) (*S
 		metrics: newMetrics(o.meterProvider),
 		ready:   make(chan struct{}),
 		dropped: make(map[string]uint64),
-		limits:  make(map[string]*logLimit),
 	}
 	s.subjects[subjAgent] = Subject(a)
 	s.subjects[subjGlobal] = GlobalSubject
@@ -269,9 +270,9 @@ func (s *Subscriber) Run(ctx context.Context) error {
 			continue // the loop waits for the link; nats.go paces reconnects
 		}
 		state := classify(s.nc, out.err)
-		wait := nextBackOff(b, s.opts.slowWait)
+		wait := retry.Next(b, s.opts.slowWait)
 		if state == Unauthorized || state == Misconfigured {
-			wait = max(wait, slowWait(s.opts.slowWait))
+			wait = max(wait, retry.Slow(s.opts.slowWait))
 		}
 		s.failed(state, out.err, wait)
 		t := time.NewTimer(wait)

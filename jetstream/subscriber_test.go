@@ -23,7 +23,7 @@ func TestNewSubscriberChecks(t *testing.T) {
 	mustPanic(t, "nil store", func() { _, _ = jetstream.NewSubscriber(nc, nil) })
 	for name, opt := range map[string]jetstream.Option{
 		"fail closed < 0": jetstream.WithFailClosedAfter(-time.Second),
-		"nil backoff":     jetstream.WithBackOff(nil),
+		"nil backoff":     jetstream.WithBackoff(nil),
 		"heartbeat low":   jetstream.WithHeartbeat(time.Millisecond),
 		"heartbeat high":  jetstream.WithHeartbeat(time.Hour),
 		"api timeout":     jetstream.WithAPITimeout(0),
@@ -334,7 +334,7 @@ func TestBackoffAfterConsumerLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	sub := newSubscriber(t, connect(t, srv.URL()), newStore(t),
-		jetstream.WithBackOff(func() backoff.BackOff { return backoff.NewConstantBackOff(time.Second) }))
+		jetstream.WithBackoff(func() backoff.BackOff { return backoff.NewConstantBackOff(time.Second) }))
 	start(t, sub)
 	waitReady(t, sub)
 	deleteConsumers(t, admin, jetstream.GlobalSubject)

@@ -1,6 +1,10 @@
 package stream
 
-import "time"
+import (
+	"time"
+
+	"github.com/opcontrol/opcontrol/internal/retry"
+)
 
 // WithStableAfterForTest shortens how long a stream must be live for the backoff to start over (10 s).
 func WithStableAfterForTest(d time.Duration) Option {
@@ -9,8 +13,8 @@ func WithStableAfterForTest(d time.Duration) Option {
 
 // The package's timing, for tests that check the documented schedule.
 const (
-	MisconfiguredRetryInterval = misconfiguredRetryInterval
-	DefaultMaxInterval         = defaultMaxInterval
+	MisconfiguredRetryInterval = retry.MisconfiguredInterval
+	DefaultMaxInterval         = retry.MaxInterval
 	ReadyPoll                  = readyPoll
 	MaxFrameSize               = maxFrameSize
 )

@@ -43,35 +43,3 @@ func (s *Subscriber) logFailure(state State, code codes.Code, err error, attempt
 	}
 	s.log.LogAttrs(context.Background(), level, msg, attrs...)
 }
-
-// limit returns the log limiter of key (a drop reason, or "sequence").
-// Owned by the goroutine in Run.
-func (s *Subscriber) limit(key string) *logLimit {
-	l, ok := s.limits[key]
-	if !ok {
-		l = &logLimit{}
-		s.limits[key] = l
-	}
-	return l
-}
-
-// logLimit lets one line through per logInterval and counts the rest.
-type logLimit struct {
-	last       time.Time
-	suppressed uint64
-}
-
-func (l *logLimit) allow(now time.Time) bool {
-	if !l.last.IsZero() && now.Sub(l.last) < logInterval {
-		l.suppressed++
-		return false
-	}
-	l.last = now
-	return true
-}
-
-func (l *logLimit) takeSuppressed() uint64 {
-	n := l.suppressed
-	l.suppressed = 0
-	return n
-}

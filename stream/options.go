@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/opcontrol/opcontrol/internal/retry"
 )
 
 // DefaultReconnectSpread is the default of WithReconnectSpread. With it,
@@ -45,8 +47,8 @@ func defaultOptions() options {
 		newBackoff:    DefaultBackoff,
 		spread:        DefaultReconnectSpread,
 		logger:        slog.Default(),
-		stableAfter:   stableAfter,
-		misconfigWait: misconfiguredRetryInterval,
+		stableAfter:   retry.StableAfter,
+		misconfigWait: retry.MisconfiguredInterval,
 	}
 }
 

@@ -46,7 +46,7 @@ func (s *Subscriber) apply(m *wirecodec.Message) {
 	s.metrics.signal(sig)
 	seq := m.Msg.GetSequence()
 	if prev := s.lastSeq.Load(); s.haveSeq && seq < prev {
-		if s.limit("sequence").allow(time.Now()) {
+		if ok, _ := s.limits.Allow("sequence", time.Now()); ok {
 			s.log.LogAttrs(context.Background(), slog.LevelInfo,
 				"op-control sequence went backwards: the gateway restarted, or this is another replica",
 				slog.Uint64("previous", prev), slog.Uint64("sequence", seq))
@@ -79,11 +79,11 @@ func (s *Subscriber) droppedTooLarge(err error) {
 func (s *Subscriber) drop(reason, msg string, attrs ...slog.Attr) {
 	s.dropped.Add(1)
 	s.metrics.reject(reason)
-	l := s.limit(reason)
-	if !l.allow(time.Now()) {
+	ok, n := s.limits.Allow(reason, time.Now())
+	if !ok {
 		return
 	}
-	if n := l.takeSuppressed(); n > 0 {
+	if n > 0 {
 		attrs = append(attrs, slog.Uint64("suppressed_since_last", n))
 	}
 	s.log.LogAttrs(context.Background(), slog.LevelWarn, msg, attrs...)

@@ -3,56 +3,39 @@ package stream
 import (
 	"context"
 	"log/slog"
-	"strconv"
 	"time"
 
 	"google.golang.org/grpc/codes"
+
+	"github.com/opcontrol/opcontrol/controlstore"
 )
 
-// State is the subscriber's health.
-type State int
+// State is the subscriber's health, in the words every source uses
+// (controlstore.SourceState).
+type State = controlstore.SourceState
 
 // States.
 const (
 	// Idle: Run is not running.
-	Idle State = iota
+	Idle = controlstore.SourceIdle
 	// Connecting: an attempt is waiting for the connection to become
 	// ready and the gateway to answer. While the gateway is unreachable
 	// the subscriber stays Connecting, one attempt after another.
-	Connecting
+	Connecting = controlstore.SourceConnecting
 	// Live: the gateway admitted the subscription; signals flow.
-	Live
+	Live = controlstore.SourceLive
 	// Backoff: the last attempt or stream failed; waiting for the next.
-	Backoff
+	Backoff = controlstore.SourceBackoff
 	// Unauthorized: the gateway answered Unauthenticated (no or unknown
 	// credential token) or PermissionDenied (the store's agent triple is
 	// not the token's identity). Retried slowly; the state stays until a
 	// stream is live or another error is seen.
-	Unauthorized
+	Unauthorized = controlstore.SourceUnauthorized
 	// Misconfigured: the gateway answered InvalidArgument, or
 	// Unimplemented (no op-control service at this address). Retried
 	// slowly, like Unauthorized.
-	Misconfigured
+	Misconfigured = controlstore.SourceMisconfigured
 )
-
-// String returns the state's lowercase name.
-func (st State) String() string {
-	switch st {
-	case Idle:
-		return "idle"
-	case Connecting:
-		return "connecting"
-	case Live:
-		return "live"
-	case Backoff:
-		return "backoff"
-	case Unauthorized:
-		return "unauthorized"
-	case Misconfigured:
-		return "misconfigured"
-	}
-	return "state(" + strconv.Itoa(int(st)) + ")"
-}
 
 // Status is a snapshot of the subscriber's health.
 type Status struct {

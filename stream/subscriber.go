@@ -14,6 +14,8 @@ import (
 
 	"github.com/opcontrol/opcontrol/controlstore"
 	"github.com/opcontrol/opcontrol/internal/contract"
+	"github.com/opcontrol/opcontrol/internal/ratelog"
+	"github.com/opcontrol/opcontrol/internal/retry"
 	wirev1 "github.com/opcontrol/opcontrol/proto/opcontrol/wire/v1"
 	"github.com/opcontrol/opcontrol/stream/internal/wirecodec"
 )
@@ -57,7 +59,7 @@ type Subscriber struct {
 	// Owned by the goroutine in Run.
 	msg     wirecodec.Message
 	haveSeq bool
-	limits  map[string]*logLimit
+	limits  ratelog.Limiter // drop logs, by reason
 }
 
 // failureKey identifies a failure for "log once per change".
@@ -94,7 +96,6 @@ func NewSubscriber(cc grpc.ClientConnInterface, store *controlstore.Store, opts 
 		log:     o.logger.With(slog.String("component", "opcontrol/stream"), slog.String("agent_id", a.AgentID)),
 		metrics: newMetrics(o.meterProvider),
 		ready:   make(chan struct{}),
-		limits:  make(map[string]*logLimit),
 	}
 	req, err := proto.Marshal(&wirev1.OpControlSubscribeRequest{
 		AgentId: &wirev1.AgentId{OrgId: a.OrgID, TeamId: a.TeamID, AgentId: a.AgentID},
@@ -179,7 +180,7 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		if s.cfgErr != nil {
 			// Nothing to dial with: report it, slowly, for health probes.
 			s.beginAttempt()
-			wait := slowWait(s.opts.misconfigWait)
+			wait := retry.Slow(s.opts.misconfigWait)
 			s.failed(Misconfigured, codes.InvalidArgument, s.cfgErr, wait, 0)
 			if !sleep(ctx, wait) {
 				return nil
@@ -196,7 +197,7 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		if out.liveFor >= s.opts.stableAfter {
 			b.Reset()
 		}
-		interval := nextBackoff(b, s.opts.misconfigWait)
+		interval := retry.Next(b, s.opts.misconfigWait)
 		window = max(interval, minConnectWindow)
 		if out.notReady {
 			// The attempt already waited its whole window.
@@ -211,7 +212,7 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		// ready again.
 		spread = state == Backoff
 		if !spread {
-			wait = max(wait, slowWait(s.opts.misconfigWait))
+			wait = max(wait, retry.Slow(s.opts.misconfigWait))
 		}
 		s.failed(state, code, out.err, wait, out.liveFor)
 		if !sleep(ctx, wait) {
