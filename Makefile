@@ -35,7 +35,7 @@ BENCH_COUNT ?= 6
 BENCH_OUT ?= .cache/bench/new.txt
 BENCH_BASE ?=
 
-.PHONY: help tools generate drift lint fmt-check vet golangci test test-cmd test-short bench vuln fuzz soak ci
+.PHONY: help tools generate drift lint fmt-check vet golangci tidy-check test test-cmd test-short bench vuln fuzz soak ci
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ vet:
 
 golangci:
 	for m in $(MODULES) tools; do (cd $$m && $(GOLANGCI) run --config $(CURDIR)/.golangci.yml ./...) || exit 1; done
+
+tidy-check: ## fail if any module's go.mod or go.sum is not tidy on its own (outside the workspace)
+	for m in $(MODULES); do (cd $$m && GOWORK=off $(GO) mod tidy -diff) || { echo "tidy-check: run (cd $$m && GOWORK=off go mod tidy)" >&2; exit 1; }; done
 
 test: ## the README's test command, over every module
 	$(TEST_CMD)

@@ -34,8 +34,7 @@ func TestMain(m *testing.M) {
 // Generous bounds for 2 shared cores under -race: nothing waits for them
 // unless something is broken.
 const (
-	waitFor   = 30 * time.Second
-	pollEvery = 500 * time.Microsecond
+	waitFor = 30 * time.Second
 	// longWork is a Work call that only a kill ends within the test.
 	longWork = time.Hour
 )
@@ -180,13 +179,7 @@ func agentScopeID(a *agent) string { return controlstore.AgentOpIDPrefix + a.id.
 // waitUntil polls cond until it holds; the test fails after waitFor.
 func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", waitFor, what)
-		}
-		time.Sleep(pollEvery)
-	}
+	testutil.Eventually(t, waitFor, cond, "waiting for %s", what)
 }
 
 // waitHeld waits until n calls are parked in a's store.

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/jetstream"
 	"github.com/opcontrol/opcontrol/jetstream/internal/natstest"
 	"github.com/opcontrol/opcontrol/jetstream/jetstreamtest"
@@ -128,10 +129,10 @@ func TestConnectRefuses(t *testing.T) {
 // Without RequireAuth an insecure bus is used, with a warning.
 func TestConnectWarnsInsecure(t *testing.T) {
 	srv := startServer(t)
-	l := &logs{}
+	l := &testutil.Logs{}
 	nc := connectWith(t, jetstream.Config{URL: srv.URL(), Logger: slog.New(l)})
-	eventually(t, waitShort, nc.IsConnected, "connected")
-	if n := l.count(slog.LevelWarn, "not both authenticated and encrypted"); n != 1 {
+	testutil.Eventually(t, waitShort, nc.IsConnected, "connected")
+	if n := l.Count(slog.LevelWarn, "not both authenticated and encrypted"); n != 1 {
 		t.Errorf("%d insecure-bus warnings, want 1", n)
 	}
 }
@@ -179,7 +180,7 @@ func TestConnectUnreachableAtStart(t *testing.T) {
 	if err := srv.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitLong, nc.IsConnected, "connected after the server started")
+	testutil.Eventually(t, waitLong, nc.IsConnected, "connected after the server started")
 }
 
 // A secure bus: nkey authentication and TLS, with RequireAuth; the
@@ -195,7 +196,7 @@ func TestConnectSecure(t *testing.T) {
 		}),
 		jetstreamtest.WithAdmin(nats.UserInfo(natstest.AdminUser, natstest.AdminPassword), nats.Secure(clientTLS)))
 	nc := connectWith(t, jetstream.Config{URL: srv.URL(), NKeySeed: user.Seed, TLSConfig: clientTLS, RequireAuth: true})
-	eventually(t, waitLong, nc.IsConnected, "connected; last error %v", nc.LastError())
+	testutil.Eventually(t, waitLong, nc.IsConnected, "connected; last error %v", nc.LastError())
 	if _, err := nc.TLSConnectionState(); err != nil {
 		t.Errorf("not TLS: %v", err)
 	}
@@ -206,7 +207,7 @@ func TestConnectSecure(t *testing.T) {
 	if _, err := publisher(t, srv).HaltAgent(ctxTimeout(t), agent, controlstore.SignalTerminate); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitShort, func() bool { return store.Stats().Applied == 1 }, "terminate applied")
+	testutil.Eventually(t, waitShort, func() bool { return store.Stats().Applied == 1 }, "terminate applied")
 
 	// The same server refuses a client without the nkey: the subscriber
 	// says Unauthorized.

@@ -3,7 +3,6 @@ package jetstream_test
 import (
 	"context"
 	"log/slog"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -100,7 +99,7 @@ func restart(t testing.TB, srv *jetstreamtest.Server, ncs ...*nats.Conn) {
 		t.Fatal(err)
 	}
 	for i, nc := range ncs {
-		eventually(t, waitLong, func() bool { return nc.Stats().Reconnects > before[i] && nc.IsConnected() }, "connection %d reconnected", i)
+		testutil.Eventually(t, waitLong, func() bool { return nc.Stats().Reconnects > before[i] && nc.IsConnected() }, "connection %d reconnected", i)
 	}
 }
 
@@ -178,13 +177,7 @@ func waitReady(t testing.TB, sub *jetstream.Subscriber) {
 func waitState(t testing.TB, sub *jetstream.Subscriber, st jetstream.State) {
 	t.Helper()
 	var last jetstream.Status
-	eventually(t, waitLong, func() bool { last = sub.Status(); return last.State == st }, "state %v; status %+v", st, &last)
-}
-
-// eventually is testutil.Eventually.
-func eventually(t testing.TB, timeout time.Duration, cond func() bool, format string, args ...any) {
-	t.Helper()
-	testutil.Eventually(t, timeout, cond, format, args...)
+	testutil.Eventually(t, waitLong, func() bool { last = sub.Status(); return last.State == st }, "state %v; status %+v", st, &last)
 }
 
 // applied records every halt the subscriber hands to the store, in order.
@@ -231,35 +224,6 @@ func (a *applied) seqs(subject string) []uint64 {
 		}
 	}
 	return out
-}
-
-// logs records what a logger is given.
-type logs struct {
-	mu      sync.Mutex
-	records []slog.Record
-}
-
-func (l *logs) Enabled(context.Context, slog.Level) bool { return true }
-func (l *logs) Handle(_ context.Context, r slog.Record) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.records = append(l.records, r.Clone())
-	return nil
-}
-func (l *logs) WithAttrs([]slog.Attr) slog.Handler { return l }
-func (l *logs) WithGroup(string) slog.Handler      { return l }
-
-// count returns how many records at level or above contain substr.
-func (l *logs) count(level slog.Level, substr string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, r := range l.records {
-		if r.Level >= level && strings.Contains(r.Message, substr) {
-			n++
-		}
-	}
-	return n
 }
 
 func ctxTimeout(t testing.TB) context.Context {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/opcontrol/opcontrol"
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/jetstream"
 	"github.com/opcontrol/opcontrol/stream/gatewaytest"
 )
@@ -49,24 +50,24 @@ func TestKillSwitchSource(t *testing.T) {
 		}
 		return opcontrol.SourceHealth{}
 	}
-	eventually(t, waitLong, func() bool { return k.Status().Live }, "kill switch live with both sources")
+	testutil.Eventually(t, waitLong, func() bool { return k.Status().Live }, "kill switch live with both sources")
 	if h := health(); h.State != "live" || !h.Live || h.LastError != "" {
 		t.Errorf("health %+v", h)
 	}
 	if _, err := pub.HaltAgent(ctxTimeout(t), agent, controlstore.SignalTerminate); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitShort, func() bool {
+	testutil.Eventually(t, waitShort, func() bool {
 		return k.Store().State(controlstore.AgentOpIDPrefix+agent.AgentID) == controlstore.Terminated
 	}, "terminated")
 
 	l.cut()
-	eventually(t, waitLong, func() bool { h := health(); return !h.Live && h.LastError == "disconnected" }, "health reports the cut")
+	testutil.Eventually(t, waitLong, func() bool { h := health(); return !h.Live && h.LastError == "disconnected" }, "health reports the cut")
 	if k.Status().Live {
 		t.Error("kill switch live with its bus down")
 	}
 	l.restore()
-	eventually(t, waitLong, func() bool { return k.Status().Live }, "live again")
+	testutil.Eventually(t, waitLong, func() bool { return k.Status().Live }, "live again")
 	if st := bus.Subscriber().Status(); st.Applied != 1 {
 		t.Errorf("the subscriber's status through the BusSource: %+v", st)
 	}
@@ -136,9 +137,9 @@ func TestSourceFromEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = k.Close() }()
-	eventually(t, waitLong, func() bool { return k.Status().Live && len(k.Status().Sources) == 2 }, "live on the gateway and the bus")
+	testutil.Eventually(t, waitLong, func() bool { return k.Status().Live && len(k.Status().Sources) == 2 }, "live on the gateway and the bus")
 	if _, err := publisher(t, srv).HaltAll(ctxTimeout(t), controlstore.SignalTerminate); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitShort, func() bool { return k.Store().State(controlstore.GlobalOpID) == controlstore.Terminated }, "the bus halt applied")
+	testutil.Eventually(t, waitShort, func() bool { return k.Store().State(controlstore.GlobalOpID) == controlstore.Terminated }, "the bus halt applied")
 }

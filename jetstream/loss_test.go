@@ -10,6 +10,7 @@ import (
 	jsapi "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/jetstream"
 	"github.com/opcontrol/opcontrol/jetstream/jetstreamtest"
 )
@@ -36,7 +37,7 @@ func TestLossDetected(t *testing.T) {
 	pub := publisher(t, srv)
 	st := adminStream(t, srv)
 	l := newLink(t, srv)
-	logs := &logs{}
+	logs := &testutil.Logs{}
 	store := newStore(t)
 	sub := newSubscriber(t, connect(t, l.url()), store, jetstream.WithLogger(slog.New(logs)))
 	rec := recordApplied(sub)
@@ -47,10 +48,10 @@ func TestLossDetected(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitShort, func() bool { return rec.len() == 1 }, "first halt applied")
+	testutil.Eventually(t, waitShort, func() bool { return rec.len() == 1 }, "first halt applied")
 
 	l.cut()
-	eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "not live")
+	testutil.Eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "not live")
 	for range 3 {
 		if _, err := pub.HaltAgent(ctx, agent, controlstore.SignalTerminate); err != nil {
 			t.Fatal(err)
@@ -77,7 +78,7 @@ func TestLossDetected(t *testing.T) {
 	if s.Agent.Position < first {
 		t.Errorf("agent position %d before the first halt %d", s.Agent.Position, first)
 	}
-	if n := logs.count(slog.LevelError, "halts may have been lost"); n != 1 {
+	if n := logs.Count(slog.LevelError, "halts may have been lost"); n != 1 {
 		t.Errorf("%d error logs for the loss, want 1", n)
 	}
 	if store.SyncStatus().FailClosed {
@@ -87,7 +88,7 @@ func TestLossDetected(t *testing.T) {
 	if _, err := pub.HaltAll(ctx, controlstore.SignalPause); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitShort, func() bool { return store.State(controlstore.GlobalOpID) == controlstore.Paused }, "halt after the loss applied")
+	testutil.Eventually(t, waitShort, func() bool { return store.State(controlstore.GlobalOpID) == controlstore.Paused }, "halt after the loss applied")
 
 	if !sub.AcknowledgeLoss() {
 		t.Fatal("AcknowledgeLoss found no loss")
@@ -100,7 +101,7 @@ func TestLossDetected(t *testing.T) {
 	}
 	// A later outage with nothing lost is not a loss.
 	l.cut()
-	eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "not live")
+	testutil.Eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "not live")
 	l.restore()
 	waitState(t, sub, jetstream.Live)
 	if s := sub.Status(); s.Losses != 1 {
@@ -123,9 +124,9 @@ func TestLossFailsClosed(t *testing.T) {
 	if _, err := pub.HaltAll(ctx, controlstore.SignalResume); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitShort, func() bool { return sub.Status().Global.LastSequence > 0 }, "consumed")
+	testutil.Eventually(t, waitShort, func() bool { return sub.Status().Global.LastSequence > 0 }, "consumed")
 	l.cut()
-	eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "not live")
+	testutil.Eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "not live")
 	if _, err := pub.HaltAll(ctx, controlstore.SignalTerminate); err != nil {
 		t.Fatal(err)
 	}
@@ -161,11 +162,11 @@ func TestLossByRetention(t *testing.T) {
 	waitReady(t, sub)
 	ctx := ctxTimeout(t)
 	l.cut()
-	eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "not live")
+	testutil.Eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "not live")
 	if _, err := pub.HaltAgent(ctx, agent, controlstore.SignalTerminate); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitLong, func() bool {
+	testutil.Eventually(t, waitLong, func() bool {
 		info, err := st.Info(ctx)
 		return err == nil && info.State.Msgs == 0
 	}, "the halt expired")
@@ -207,13 +208,13 @@ func TestCheckpointAvoidsFalseLoss(t *testing.T) {
 				last = seq
 			}
 			if !tc.loss {
-				eventually(t, waitLong, func() bool {
+				testutil.Eventually(t, waitLong, func() bool {
 					s := sub.Status()
 					return s.Agent.Position >= last && s.Global.Position >= last
 				}, "positions follow the stream to %d", last)
 			}
 			l.cut()
-			eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "not live")
+			testutil.Eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "not live")
 			// The other agent's halts expire (a purge of their subject).
 			if err := st.Purge(ctx, jsapi.WithPurgeSubject(jetstream.Subject(other))); err != nil {
 				t.Fatal(err)

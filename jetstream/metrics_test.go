@@ -1,15 +1,13 @@
 package jetstream_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 
-	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/jetstream"
 )
 
@@ -23,7 +21,7 @@ func TestMetrics(t *testing.T) {
 		jetstream.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))))
 	r := start(t, sub)
 	waitReady(t, sub)
-	if up := sumBy(t, reader, "opcontrol.jetstream.up", "")[""]; up != 1 {
+	if up := testutil.SumBy(t, reader, "opcontrol.jetstream.up", "")[""]; up != 1 {
 		t.Fatalf("up = %d while live", up)
 	}
 	ctx := ctxTimeout(t)
@@ -35,17 +33,17 @@ func TestMetrics(t *testing.T) {
 	if _, err := pub.PublishRaw(ctx, jetstream.GlobalSubject, []byte("{}")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitShort, func() bool { s := sub.Status(); return s.Applied == 3 && len(s.Dropped) == 1 }, "consumed")
-	if got, want := fmt.Sprint(sumBy(t, reader, "opcontrol.jetstream.signals.applied", "signal")), "map[pause:1 resume:1 terminate:1]"; got != want {
+	testutil.Eventually(t, waitShort, func() bool { s := sub.Status(); return s.Applied == 3 && len(s.Dropped) == 1 }, "consumed")
+	if got, want := fmt.Sprint(testutil.SumBy(t, reader, "opcontrol.jetstream.signals.applied", "signal")), "map[pause:1 resume:1 terminate:1]"; got != want {
 		t.Errorf("applied %s, want %s", got, want)
 	}
-	if got, want := fmt.Sprint(sumBy(t, reader, "opcontrol.jetstream.signals.dropped", "reason")), "map[malformed:1]"; got != want {
+	if got, want := fmt.Sprint(testutil.SumBy(t, reader, "opcontrol.jetstream.signals.dropped", "reason")), "map[malformed:1]"; got != want {
 		t.Errorf("dropped %s, want %s", got, want)
 	}
 
 	l.cut()
-	eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "not live")
-	if up := sumBy(t, reader, "opcontrol.jetstream.up", "")[""]; up != 0 {
+	testutil.Eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "not live")
+	if up := testutil.SumBy(t, reader, "opcontrol.jetstream.up", "")[""]; up != 0 {
 		t.Errorf("up = %d while down", up)
 	}
 	if _, err := pub.HaltAll(ctx, controlstore.SignalPause); err != nil {
@@ -56,41 +54,14 @@ func TestMetrics(t *testing.T) {
 	}
 	l.restore()
 	waitState(t, sub, jetstream.Lost)
-	if got := sumBy(t, reader, "opcontrol.jetstream.losses", "")[""]; got != 1 {
+	if got := testutil.SumBy(t, reader, "opcontrol.jetstream.losses", "")[""]; got != 1 {
 		t.Errorf("losses %d, want 1", got)
 	}
-	if got := sumBy(t, reader, "opcontrol.jetstream.resets", "reason")["disconnect"]; got != 1 {
+	if got := testutil.SumBy(t, reader, "opcontrol.jetstream.resets", "reason")["disconnect"]; got != 1 {
 		t.Errorf("resets by disconnect %d, want 1", got)
 	}
 	r.stop(t)
-	if up := sumBy(t, reader, "opcontrol.jetstream.up", "")[""]; up != 0 {
+	if up := testutil.SumBy(t, reader, "opcontrol.jetstream.up", "")[""]; up != 0 {
 		t.Errorf("up = %d after Run returned", up)
 	}
-}
-
-// sumBy sums the int64 sum data points of instrument name by the value of
-// attribute key ("" sums everything under "").
-func sumBy(t *testing.T, reader *sdkmetric.ManualReader, name, key string) map[string]int64 {
-	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name != name {
-				continue
-			}
-			sum, ok := m.Data.(metricdata.Sum[int64])
-			if !ok {
-				t.Fatalf("%s is %T, want an int64 sum", name, m.Data)
-			}
-			for _, dp := range sum.DataPoints {
-				v, _ := dp.Attributes.Value(attribute.Key(key))
-				out[v.AsString()] += dp.Value
-			}
-		}
-	}
-	return out
 }

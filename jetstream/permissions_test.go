@@ -12,6 +12,7 @@ import (
 	jsapi "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/jetstream"
 	"github.com/opcontrol/opcontrol/jetstream/internal/natstest"
 	"github.com/opcontrol/opcontrol/jetstream/jetstreamtest"
@@ -46,7 +47,7 @@ func TestMinimalPermissions(t *testing.T) {
 			publishBoth(t, pub, got, 2)
 			waitApplied(t, rec, got)
 			// Checkpoints (stream and consumer info) work with these rights.
-			eventually(t, waitLong, func() bool {
+			testutil.Eventually(t, waitLong, func() bool {
 				s := sub.Status()
 				a := got[jetstream.Subject(agent)]
 				return s.Agent.Position > a[len(a)-1]
@@ -155,7 +156,7 @@ func TestEachPermissionNeeded(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Two checkpoints' worth of time, bounded by observing them fail.
-	eventually(t, waitLong, func() bool { return nc.LastError() != nil && strings.Contains(nc.LastError().Error(), "CONSUMER.INFO") },
+	testutil.Eventually(t, waitLong, func() bool { return nc.LastError() != nil && strings.Contains(nc.LastError().Error(), "CONSUMER.INFO") },
 		"a checkpoint was refused")
 	if s := sub.Status(); s.Agent.Position >= last || s.State != jetstream.Live {
 		t.Errorf("status %+v: want live, position before %d", s, last)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/opcontrol/opcontrol/controlstore"
 	"github.com/opcontrol/opcontrol/internal/faultproxy"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/jetstream"
 	"github.com/opcontrol/opcontrol/jetstream/jetstreamtest"
 )
@@ -80,7 +81,7 @@ func waitApplied(t testing.TB, rec *applied, pub published) {
 	for _, w := range pub {
 		n += len(w)
 	}
-	eventually(t, waitLong, func() bool { return rec.len() >= n }, "%d halts applied", n)
+	testutil.Eventually(t, waitLong, func() bool { return rec.len() >= n }, "%d halts applied", n)
 }
 
 // publishBoth publishes n agent halts and n global halts, alternating
@@ -123,7 +124,7 @@ func TestResumeAfterConnectionCut(t *testing.T) {
 	waitApplied(t, rec, got)
 	for round := range 3 {
 		l.cut()
-		eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "round %d: not live after the cut", round)
+		testutil.Eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "round %d: not live after the cut", round)
 		publishBoth(t, pub, got, 3)
 		l.restore()
 		waitState(t, sub, jetstream.Live)
@@ -191,7 +192,7 @@ func TestResumeAfterConsumerDeleted(t *testing.T) {
 	waitApplied(t, rec, got)
 	for _, subject := range []string{jetstream.Subject(agent), jetstream.GlobalSubject} {
 		deleteConsumers(t, admin, subject)
-		eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "not live after deleting the consumer of %s", subject)
+		testutil.Eventually(t, waitLong, func() bool { return sub.Status().State != jetstream.Live }, "not live after deleting the consumer of %s", subject)
 		publishBoth(t, pub, got, 2)
 		waitState(t, sub, jetstream.Live)
 		waitApplied(t, rec, got)
@@ -240,7 +241,7 @@ func TestUnreachableAtStart(t *testing.T) {
 	sub := newSubscriber(t, connect(t, l.url()), store)
 	rec := recordApplied(sub)
 	start(t, sub)
-	eventually(t, waitShort, func() bool { return sub.Status().State == jetstream.Connecting }, "connecting")
+	testutil.Eventually(t, waitShort, func() bool { return sub.Status().State == jetstream.Connecting }, "connecting")
 	got := published{}
 	publishBoth(t, pub, got, 3)
 	select {

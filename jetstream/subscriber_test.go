@@ -12,6 +12,7 @@ import (
 	jsapi "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/jetstream"
 )
 
@@ -61,13 +62,13 @@ func TestRunLifecycle(t *testing.T) {
 	srv := startServer(t)
 	nc := connect(t, srv.URL())
 	store := newStore(t)
-	l := &logs{}
+	l := &testutil.Logs{}
 	sub := newSubscriber(t, nc, store, jetstream.WithLogger(slog.New(l)))
 	r := start(t, sub)
 	waitReady(t, sub)
 	// Ready closes before the line is written.
-	eventually(t, waitShort, func() bool { return l.count(slog.LevelInfo, "op-control bus live") >= 1 }, "no live log")
-	if n := l.count(slog.LevelInfo, "op-control bus live"); n != 1 {
+	testutil.Eventually(t, waitShort, func() bool { return l.Count(slog.LevelInfo, "op-control bus live") >= 1 }, "no live log")
+	if n := l.Count(slog.LevelInfo, "op-control bus live"); n != 1 {
 		t.Errorf("%d live logs, want 1", n)
 	}
 	st := sub.Status()
@@ -82,7 +83,7 @@ func TestRunLifecycle(t *testing.T) {
 		t.Errorf("second Run: %v, want ErrRunning", err)
 	}
 	r.stop(t)
-	if n := l.count(slog.LevelWarn, ""); n != 0 {
+	if n := l.Count(slog.LevelWarn, ""); n != 0 {
 		t.Errorf("%d warnings for a clean start and stop", n)
 	}
 	if st := sub.Status(); st.State != jetstream.Idle {
@@ -99,8 +100,8 @@ func TestRunLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	start(t, sub)
-	eventually(t, waitLong, func() bool { return sub.Status().State == jetstream.Live }, "live again")
-	eventually(t, waitShort, func() bool { return store.State(controlstore.AgentOpIDPrefix+agent.AgentID) == controlstore.Paused }, "paused")
+	testutil.Eventually(t, waitLong, func() bool { return sub.Status().State == jetstream.Live }, "live again")
+	testutil.Eventually(t, waitShort, func() bool { return store.State(controlstore.AgentOpIDPrefix+agent.AgentID) == controlstore.Paused }, "paused")
 }
 
 func TestRunOnClosedConn(t *testing.T) {
@@ -149,7 +150,7 @@ func TestAppliesHalts(t *testing.T) {
 			t.Fatal(err)
 		}
 		seqs = append(seqs, seq)
-		eventually(t, waitShort, s.check, "%s", s.what)
+		testutil.Eventually(t, waitShort, s.check, "%s", s.what)
 	}
 	got := rec.snapshot()
 	if len(got) != len(seqs) {
@@ -175,7 +176,7 @@ func TestDrops(t *testing.T) {
 	srv := startServer(t)
 	pub := publisher(t, srv)
 	store := newStore(t)
-	l := &logs{}
+	l := &testutil.Logs{}
 	sub := newSubscriber(t, connect(t, srv.URL()), store, jetstream.WithLogger(slog.New(l)))
 	rec := recordApplied(sub)
 	start(t, sub)
@@ -221,13 +222,13 @@ func TestDrops(t *testing.T) {
 		string(controlstore.ReasonForeignAgent): 1,
 		string(controlstore.ReasonEmptyOpID):    1,
 	}
-	eventually(t, waitShort, func() bool { return equalCounts(sub.Status().Dropped, want) }, "drops, want %v", want)
+	testutil.Eventually(t, waitShort, func() bool { return equalCounts(sub.Status().Dropped, want) }, "drops, want %v", want)
 
 	// Still consuming.
 	if _, err := pub.HaltAgent(ctx, agent, controlstore.SignalPause); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitShort, func() bool { return rec.len() == 1 }, "the valid halt after the drops")
+	testutil.Eventually(t, waitShort, func() bool { return rec.len() == 1 }, "the valid halt after the drops")
 	if s := store.State(controlstore.AgentOpIDPrefix + agent.AgentID); s != controlstore.Paused {
 		t.Errorf("agent %v, want paused: no dropped terminate may apply", s)
 	}
@@ -243,8 +244,8 @@ func TestDrops(t *testing.T) {
 		}
 	}
 	want[string(jetstream.DropMalformed)] += 20
-	eventually(t, waitShort, func() bool { return equalCounts(sub.Status().Dropped, want) }, "drops")
-	if n := l.count(slog.LevelWarn, "dropped an op-control bus message"); n != len(want) {
+	testutil.Eventually(t, waitShort, func() bool { return equalCounts(sub.Status().Dropped, want) }, "drops")
+	if n := l.Count(slog.LevelWarn, "dropped an op-control bus message"); n != len(want) {
 		t.Errorf("%d drop log lines for %d reasons, want one each", n, len(want))
 	}
 }
@@ -302,7 +303,7 @@ func TestRetainedBeforeRun(t *testing.T) {
 	if _, err := pub.HaltAgent(ctx, agent, controlstore.SignalTerminate); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitShort, func() bool { return plain.State(controlstore.AgentOpIDPrefix+agent.AgentID) == controlstore.Terminated }, "terminate applied")
+	testutil.Eventually(t, waitShort, func() bool { return plain.State(controlstore.AgentOpIDPrefix+agent.AgentID) == controlstore.Terminated }, "terminate applied")
 }
 
 // WithFailClosedAfter(0): the store fails closed whenever the bus is not
@@ -315,14 +316,14 @@ func TestFailClosedAfter(t *testing.T) {
 	sub := newSubscriber(t, connect(t, l.url()), store, jetstream.WithFailClosedAfter(0))
 	start(t, sub)
 	var op controlstore.Op
-	eventually(t, waitShort, func() bool { return errors.Is(store.Check(op), controlstore.ErrUnavailable) }, "failing closed before live")
+	testutil.Eventually(t, waitShort, func() bool { return errors.Is(store.Check(op), controlstore.ErrUnavailable) }, "failing closed before live")
 	l.restore()
 	waitReady(t, sub)
 	if err := store.Check(op); err != nil {
 		t.Fatalf("Check while live: %v", err)
 	}
 	l.cut()
-	eventually(t, waitLong, func() bool { return errors.Is(store.Check(op), controlstore.ErrUnavailable) }, "failing closed after the cut")
+	testutil.Eventually(t, waitLong, func() bool { return errors.Is(store.Check(op), controlstore.ErrUnavailable) }, "failing closed after the cut")
 }
 
 // A lost consumer sends the subscriber to Backoff, with the reason and

@@ -84,24 +84,24 @@ func TestTopologyHaltWhileStreamDown(t *testing.T) {
 	if _, err := pub.HaltAgent(ctx, agent, controlstore.SignalPause); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitShort, func() bool {
+	testutil.Eventually(t, waitShort, func() bool {
 		return both.State(agentOp) == controlstore.Paused && streamOnly.State(agentOp) == controlstore.Paused
 	}, "paused through both paths")
 
 	// The agent's link to the gateway is cut; the operator terminates.
 	gwLink.SetTarget(deadAddr)
 	gwLink.Reset()
-	eventually(t, waitLong, func() bool { return !streamSub.Connected() && !controlSub.Connected() }, "streams down")
+	testutil.Eventually(t, waitLong, func() bool { return !streamSub.Connected() && !controlSub.Connected() }, "streams down")
 	forwarded := bridge.Stats().Forwarded
 	if _, err := pub.HaltAgent(ctx, agent, controlstore.SignalTerminate); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitShort, func() bool { return both.State(agentOp) == controlstore.Terminated }, "terminated from JetStream while the stream is down")
-	eventually(t, waitShort, func() bool { return bridge.Stats().Forwarded > forwarded }, "the gateway got it too, with nobody to give it to")
+	testutil.Eventually(t, waitShort, func() bool { return both.State(agentOp) == controlstore.Terminated }, "terminated from JetStream while the stream is down")
+	testutil.Eventually(t, waitShort, func() bool { return bridge.Stats().Forwarded > forwarded }, "the gateway got it too, with nobody to give it to")
 
 	// The link comes back: the stream replays nothing.
 	gwLink.SetTarget(gw.Addr())
-	eventually(t, waitLong, func() bool { return streamSub.Connected() && controlSub.Connected() }, "streams back")
+	testutil.Eventually(t, waitLong, func() bool { return streamSub.Connected() && controlSub.Connected() }, "streams back")
 	if s := streamOnly.State(agentOp); s == controlstore.Terminated {
 		t.Fatalf("the stream-only agent is %v: the gateway replayed", s)
 	}
@@ -109,7 +109,7 @@ func TestTopologyHaltWhileStreamDown(t *testing.T) {
 	if _, err := pub.HaltAll(ctx, controlstore.SignalPause); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitShort, func() bool {
+	testutil.Eventually(t, waitShort, func() bool {
 		return streamOnly.State(controlstore.GlobalOpID) == controlstore.Paused && both.State(controlstore.GlobalOpID) == controlstore.Paused
 	}, "later halt through both")
 	if s := streamOnly.State(agentOp); s != controlstore.Paused {

@@ -98,8 +98,8 @@ func TestRejectionsAreClassified(t *testing.T) {
 			if tc.state != stream.Backoff {
 				// Logged once, at error level (the log line follows the
 				// status update).
-				eventually(t, waitShort, func() bool { return logs.count(slog.LevelError, "not live") > 0 }, "misconfiguration not logged as an error")
-				if n := logs.count(slog.LevelError, "not live"); n != 1 {
+				testutil.Eventually(t, waitShort, func() bool { return logs.Count(slog.LevelError, "not live") > 0 }, "misconfiguration not logged as an error")
+				if n := logs.Count(slog.LevelError, "not live"); n != 1 {
 					t.Errorf("logged %d errors for one misconfiguration, want 1", n)
 				}
 			}
@@ -118,7 +118,7 @@ func TestRejectionsAreClassified(t *testing.T) {
 
 func checkClassified(t *testing.T, sub *stream.Subscriber, code codes.Code, state stream.State) {
 	t.Helper()
-	eventually(t, waitLong, func() bool { return !sub.Status().NextAttempt.IsZero() }, "no failed attempt; status %+v", sub.Status())
+	testutil.Eventually(t, waitLong, func() bool { return !sub.Status().NextAttempt.IsZero() }, "no failed attempt; status %+v", sub.Status())
 	st := sub.Status()
 	if st.State != state || st.LastCode != code || status.Code(st.LastError) != code {
 		t.Fatalf("status %+v, want state %v code %v", st, state, code)

@@ -61,7 +61,7 @@ func TestBadTokenIsMisconfigured(t *testing.T) {
 			sub := stream.NewSubscriber(dialWith(t, gw.Addr(), countingDialer(&dials)), testutil.NewStore(t, agent),
 				stream.WithCredentialToken(tc.token), logOpt)
 			r := start(t, sub)
-			eventually(t, waitShort, func() bool { return !sub.Status().NextAttempt.IsZero() }, "no failed attempt")
+			testutil.Eventually(t, waitShort, func() bool { return !sub.Status().NextAttempt.IsZero() }, "no failed attempt")
 			st := sub.Status()
 			if st.State != stream.Misconfigured || st.LastCode != codes.InvalidArgument || status.Code(st.LastError) != codes.InvalidArgument {
 				t.Fatalf("status %+v, want Misconfigured with InvalidArgument", st)
@@ -70,15 +70,15 @@ func TestBadTokenIsMisconfigured(t *testing.T) {
 			if !strings.Contains(msg, "WithCredentialToken") || !strings.Contains(msg, tc.want) {
 				t.Fatalf("LastError %q, want it to name WithCredentialToken and say %q", msg, tc.want)
 			}
-			if secret := strings.TrimSpace(tc.token); secret != "" && (strings.Contains(msg, secret) || logs.mentions(secret)) {
+			if secret := strings.TrimSpace(tc.token); secret != "" && (strings.Contains(msg, secret) || logs.Mentions(secret)) {
 				t.Fatalf("the token leaked into LastError %q or the logs", msg)
 			}
 			if wait := st.NextAttempt.Sub(st.LastErrorAt); wait < stream.MisconfiguredRetryInterval || wait > stream.MisconfiguredRetryInterval*3/2 {
 				t.Fatalf("next check in %v, want 5-7.5 s", wait)
 			}
 			// The status is recorded before the line is written.
-			eventually(t, waitShort, func() bool { return logs.count(slog.LevelError, "not live") >= 1 }, "no error line")
-			if n := logs.count(slog.LevelError, "not live"); n != 1 {
+			testutil.Eventually(t, waitShort, func() bool { return logs.Count(slog.LevelError, "not live") >= 1 }, "no error line")
+			if n := logs.Count(slog.LevelError, "not live"); n != 1 {
 				t.Fatalf("%d error lines, want 1", n)
 			}
 			if took := r.stop(t); took > 100*time.Millisecond {
@@ -96,8 +96,8 @@ func TestBadTokenIsMisconfigured(t *testing.T) {
 		sub := stream.NewSubscriber(dialWith(t, "127.0.0.1:1", countingDialer(&dials)), testutil.NewStore(t, agent),
 			stream.WithCredentialToken(" "), logOpt, stream.WithMisconfiguredRetryForTest(5*time.Millisecond))
 		start(t, sub)
-		eventually(t, waitShort, func() bool { return sub.Status().Attempts >= 5 }, "not checking again")
-		if n := logs.count(slog.LevelError, "not live"); n != 1 {
+		testutil.Eventually(t, waitShort, func() bool { return sub.Status().Attempts >= 5 }, "not checking again")
+		if n := logs.Count(slog.LevelError, "not live"); n != 1 {
 			t.Fatalf("%d error lines for one misconfiguration, want 1", n)
 		}
 		select {
@@ -121,11 +121,11 @@ func TestOutOfRangeDurations(t *testing.T) {
 		logs, logOpt := newLogs()
 		sub := stream.NewSubscriber(dial(t, gw.Addr()), store, stream.WithCredentialToken(token), logOpt,
 			stream.WithFailClosedAfter(-time.Second))
-		if !logs.mentions("negative duration is taken as 0") {
+		if !logs.Mentions("negative duration is taken as 0") {
 			t.Fatal("the adjustment was not logged")
 		}
 		start(t, sub)
-		eventually(t, waitShort, func() bool { return store.SyncStatus().FailClosed }, "not failing closed at once, as with 0")
+		testutil.Eventually(t, waitShort, func() bool { return store.SyncStatus().FailClosed }, "not failing closed at once, as with 0")
 		if err := store.Check(unknownOp); !errors.Is(err, controlstore.ErrUnavailable) {
 			t.Fatalf("Check = %v, want ErrUnavailable", err)
 		}
@@ -135,12 +135,12 @@ func TestOutOfRangeDurations(t *testing.T) {
 		logs, logOpt := newLogs()
 		sub := stream.NewSubscriber(dial(t, gw.Addr()), testutil.NewStore(t, agent), stream.WithCredentialToken(token), logOpt,
 			stream.WithBackoff(fastBackoff), stream.WithReconnectSpread(-time.Hour))
-		if !logs.mentions("negative spread is taken as 0") {
+		if !logs.Mentions("negative spread is taken as 0") {
 			t.Fatal("the adjustment was not logged")
 		}
 		start(t, sub)
 		waitReady(t, sub)
 		gw.DropAll(codes.Unavailable)
-		eventually(t, waitShort, func() bool { return gw.Stats().Accepted == 2 && sub.Connected() }, "not back at once, as with 0")
+		testutil.Eventually(t, waitShort, func() bool { return gw.Stats().Accepted == 2 && sub.Connected() }, "not back at once, as with 0")
 	})
 }

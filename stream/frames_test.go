@@ -74,7 +74,7 @@ func TestOversizedFrames(t *testing.T) {
 		gw.PublishRaw(to, frame(t, tc.size, tc.valid))
 		id := fmt.Sprintf("t:%d", i)
 		gw.Publish(agent, id, controlstore.SignalTerminate)
-		eventually(t, waitLong, func() bool { return store.State(id) == controlstore.Terminated },
+		testutil.Eventually(t, waitLong, func() bool { return store.State(id) == controlstore.Terminated },
 			"%s: the terminate right behind it was not applied", tc.name)
 		want[tc.reason]++
 	}
@@ -85,22 +85,22 @@ func TestOversizedFrames(t *testing.T) {
 	if n := gw.Stats().Accepted; n != 1 || st.State != stream.Live {
 		t.Fatalf("the stream did not stay up: %d subscribes, status %+v", n, st)
 	}
-	if got := sumBy(t, reader, "opcontrol.stream.signals.rejected", "reason"); fmt.Sprint(got) != fmt.Sprint(want) {
+	if got := testutil.SumBy(t, reader, "opcontrol.stream.signals.rejected", "reason"); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("rejected by reason %v, want %v", got, want)
 	}
 
 	// One byte over the limit: grpc ends the stream before reading it.
 	gw.PublishRaw(to, make([]byte, stream.MaxFrameSize+1))
-	eventually(t, waitLong, func() bool { return gw.Stats().Accepted == 2 && sub.Connected() },
+	testutil.Eventually(t, waitLong, func() bool { return gw.Stats().Accepted == 2 && sub.Connected() },
 		"not live again after a frame over the limit")
 	st = sub.Status()
 	if st.TooLarge != 1 || st.Dropped != 4 || st.Received != 7 || st.LastCode != codes.ResourceExhausted {
 		t.Fatalf("after a frame over the limit: status %+v, want it counted once, with ResourceExhausted", st)
 	}
 	want["frame_too_large"]++
-	if got := sumBy(t, reader, "opcontrol.stream.signals.rejected", "reason"); fmt.Sprint(got) != fmt.Sprint(want) {
+	if got := testutil.SumBy(t, reader, "opcontrol.stream.signals.rejected", "reason"); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("rejected by reason %v, want %v", got, want)
 	}
 	gw.Publish(agent, "t:after", controlstore.SignalTerminate)
-	eventually(t, waitShort, func() bool { return store.State("t:after") == controlstore.Terminated }, "terminate on the new stream not applied")
+	testutil.Eventually(t, waitShort, func() bool { return store.State("t:after") == controlstore.Terminated }, "terminate on the new stream not applied")
 }

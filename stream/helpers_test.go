@@ -2,18 +2,15 @@ package stream_test
 
 import (
 	"context"
-	"log/slog"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 	"github.com/opcontrol/opcontrol/stream"
 	"github.com/opcontrol/opcontrol/stream/gatewaytest"
 )
@@ -111,20 +108,6 @@ func waitReady(t testing.TB, sub *stream.Subscriber) {
 	}
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t testing.TB, timeout time.Duration, cond func() bool, format string, args ...any) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v: "+format, append([]any{timeout}, args...)...)
-		}
-		<-tick.C
-	}
-}
-
 func waitSubscribers(t testing.TB, gw *gatewaytest.Gateway, n int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
@@ -134,56 +117,7 @@ func waitSubscribers(t testing.TB, gw *gatewaytest.Gateway, n int) {
 	}
 }
 
-// logs records what the subscriber logs.
-type logs struct {
-	mu      sync.Mutex
-	records []slog.Record
+func newLogs() (*testutil.Logs, stream.Option) {
+	l := &testutil.Logs{}
+	return l, stream.WithLogger(l.Logger())
 }
-
-func (l *logs) Enabled(context.Context, slog.Level) bool { return true }
-func (l *logs) Handle(_ context.Context, r slog.Record) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.records = append(l.records, r.Clone())
-	return nil
-}
-func (l *logs) WithAttrs([]slog.Attr) slog.Handler { return l }
-func (l *logs) WithGroup(string) slog.Handler      { return l }
-
-func newLogs() (*logs, stream.Option) {
-	l := &logs{}
-	return l, stream.WithLogger(slog.New(l))
-}
-
-// count returns how many records at level or above contain substr.
-func (l *logs) count(level slog.Level, substr string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, r := range l.records {
-		if r.Level >= level && strings.Contains(r.Message, substr) {
-			n++
-		}
-	}
-	return n
-}
-
-// mentions reports whether any record's message or attribute values
-// contain substr.
-func (l *logs) mentions(substr string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, r := range l.records {
-		found := strings.Contains(r.Message, substr)
-		r.Attrs(func(a slog.Attr) bool {
-			found = found || strings.Contains(a.Value.String(), substr)
-			return !found
-		})
-		if found {
-			return true
-		}
-	}
-	return false
-}
-
-func attributeKey(k string) attribute.Key { return attribute.Key(k) }

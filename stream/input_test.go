@@ -1,14 +1,12 @@
 package stream_test
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/opcontrol/opcontrol/controlstore"
 	"github.com/opcontrol/opcontrol/internal/testutil"
@@ -55,7 +53,7 @@ func TestMalformedInputKeepsStreamUp(t *testing.T) {
 		want[b.reason]++
 	}
 	gw.Publish(agent, "t:ok", controlstore.SignalPause)
-	eventually(t, waitLong, func() bool { return store.State("t:ok") == controlstore.Paused }, "the valid signal after bad input was not applied; status %+v", sub.Status())
+	testutil.Eventually(t, waitLong, func() bool { return store.State("t:ok") == controlstore.Paused }, "the valid signal after bad input was not applied; status %+v", sub.Status())
 
 	st := sub.Status()
 	if st.Received != uint64(len(bad)+1) || st.Dropped != uint64(len(bad)) {
@@ -67,14 +65,14 @@ func TestMalformedInputKeepsStreamUp(t *testing.T) {
 	if store.Len() != 1 || store.State("*") != controlstore.Running || store.State("agent:"+agent.AgentID) != controlstore.Running {
 		t.Fatalf("bad input changed the store: %d entries", store.Len())
 	}
-	if got := sumBy(t, reader, "opcontrol.stream.signals.rejected", "reason"); fmt.Sprint(got) != fmt.Sprint(want) {
+	if got := testutil.SumBy(t, reader, "opcontrol.stream.signals.rejected", "reason"); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("rejected by reason %v, want %v", got, want)
 	}
 	// Logged at a bounded rate: the first of each reason only.
-	if n := logs.count(slog.LevelWarn, "does not decode"); n != 1 {
+	if n := logs.Count(slog.LevelWarn, "does not decode"); n != 1 {
 		t.Fatalf("%d log lines for 4 undecodable frames, want 1", n)
 	}
-	if n := logs.count(slog.LevelWarn, "store refused"); n != len(want)-1 {
+	if n := logs.Count(slog.LevelWarn, "store refused"); n != len(want)-1 {
 		t.Fatalf("%d log lines for refused signals, want %d (one per reason)", n, len(want)-1)
 	}
 }
@@ -92,7 +90,7 @@ func TestThousandSignalsRightAfterReadyNoneMissed(t *testing.T) {
 	for i := range n {
 		gw.Publish(agent, fmt.Sprintf("trace-%d:span", i), controlstore.SignalPause)
 	}
-	eventually(t, waitLong, func() bool { return sub.Status().Received == n }, "received %d of %d", sub.Status().Received, n)
+	testutil.Eventually(t, waitLong, func() bool { return sub.Status().Received == n }, "received %d of %d", sub.Status().Received, n)
 	if st := store.Stats(); st.Paused != n || st.Applied != n {
 		t.Fatalf("store %+v, want %d paused", st, n)
 	}
@@ -111,52 +109,25 @@ func TestMetrics(t *testing.T) {
 		stream.WithBackoff(fastBackoff), noSpread, stream.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))))
 	r := start(t, sub)
 	waitReady(t, sub)
-	if up := sumBy(t, reader, "opcontrol.stream.up", "")[""]; up != 1 {
+	if up := testutil.SumBy(t, reader, "opcontrol.stream.up", "")[""]; up != 1 {
 		t.Fatalf("up = %d while live", up)
 	}
 	gw.Publish(agent, "t:1", controlstore.SignalPause)
 	gw.Publish(agent, "t:1", controlstore.SignalResume)
 	gw.HaltAgent(agent, controlstore.SignalTerminate)
 	gw.PublishMessage(gatewaytest.ToAgent(agent), &wirev1.OpControlMessage{OpId: "t:2", Signal: 42})
-	eventually(t, waitShort, func() bool { return sub.Status().Received == 4 }, "signals not received")
-	if got, want := sumBy(t, reader, "opcontrol.stream.signals.received", "signal"), "map[pause:1 resume:1 terminate:1 unknown:1]"; fmt.Sprint(got) != want {
+	testutil.Eventually(t, waitShort, func() bool { return sub.Status().Received == 4 }, "signals not received")
+	if got, want := testutil.SumBy(t, reader, "opcontrol.stream.signals.received", "signal"), "map[pause:1 resume:1 terminate:1 unknown:1]"; fmt.Sprint(got) != want {
 		t.Fatalf("received by signal %v, want %v", got, want)
 	}
 
 	gw.DropAll(13) // Internal
-	eventually(t, waitLong, func() bool { return gw.Stats().Accepted == 2 && sub.Connected() }, "not live again")
-	if got, want := sumBy(t, reader, "opcontrol.stream.reconnects", "code"), "map[Internal:1]"; fmt.Sprint(got) != want {
+	testutil.Eventually(t, waitLong, func() bool { return gw.Stats().Accepted == 2 && sub.Connected() }, "not live again")
+	if got, want := testutil.SumBy(t, reader, "opcontrol.stream.reconnects", "code"), "map[Internal:1]"; fmt.Sprint(got) != want {
 		t.Fatalf("reconnects %v, want %v", got, want)
 	}
 	r.stop(t)
-	if up := sumBy(t, reader, "opcontrol.stream.up", "")[""]; up != 0 {
+	if up := testutil.SumBy(t, reader, "opcontrol.stream.up", "")[""]; up != 0 {
 		t.Fatalf("up = %d after Run returned", up)
 	}
-}
-
-// sumBy sums the int64 sum data points of instrument name by the value of
-// attribute key ("" sums everything under "").
-func sumBy(t *testing.T, reader *sdkmetric.ManualReader, name, key string) map[string]int64 {
-	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name != name {
-				continue
-			}
-			sum, ok := m.Data.(metricdata.Sum[int64])
-			if !ok {
-				t.Fatalf("%s is %T, want an int64 sum", name, m.Data)
-			}
-			for _, dp := range sum.DataPoints {
-				v, _ := dp.Attributes.Value(attributeKey(key))
-				out[v.AsString()] += dp.Value
-			}
-		}
-	}
-	return out
 }

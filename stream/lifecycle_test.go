@@ -29,10 +29,10 @@ func TestFailOpenByDefault(t *testing.T) {
 			start(t, sub)
 			waitReady(t, sub)
 			gw.Publish(agent, "held:op", controlstore.SignalPause)
-			eventually(t, waitShort, func() bool { return store.State("held:op") == controlstore.Paused }, "pause not applied")
+			testutil.Eventually(t, waitShort, func() bool { return store.State("held:op") == controlstore.Paused }, "pause not applied")
 			gw.Stop()
 			// Blind for a while: a connect window of at least 1 s has passed.
-			eventually(t, waitLong, func() bool { return sub.Status().Attempts >= 2 }, "not retrying; status %+v", sub.Status())
+			testutil.Eventually(t, waitLong, func() bool { return sub.Status().Attempts >= 2 }, "not retrying; status %+v", sub.Status())
 			if s := store.SyncStatus(); s.Live || s.FailClosed {
 				t.Fatalf("store sync %+v while the gateway is down, want not live and failing open", s)
 			}
@@ -56,14 +56,14 @@ func TestFailClosedAfter(t *testing.T) {
 	start(t, sub)
 
 	for round := range 2 {
-		eventually(t, waitLong, func() bool { return store.SyncStatus().FailClosed }, "round %d: not failing closed while down", round)
+		testutil.Eventually(t, waitLong, func() bool { return store.SyncStatus().FailClosed }, "round %d: not failing closed while down", round)
 		if err := store.Check(unknownOp); !errors.Is(err, controlstore.ErrUnavailable) {
 			t.Fatalf("round %d: Check = %v while failing closed, want ErrUnavailable", round, err)
 		}
 		if err := gw.Restart(); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, waitLong, func() bool { return sub.Connected() && !store.SyncStatus().FailClosed }, "round %d: still failing closed once live", round)
+		testutil.Eventually(t, waitLong, func() bool { return sub.Connected() && !store.SyncStatus().FailClosed }, "round %d: still failing closed once live", round)
 		if err := store.Check(unknownOp); err != nil {
 			t.Fatalf("round %d: Check = %v once live", round, err)
 		}
@@ -78,11 +78,11 @@ func TestFailClosedAfterZero(t *testing.T) {
 	sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
 		stream.WithCredentialToken(token), stream.WithBackoff(fastBackoff), noSpread, stream.WithFailClosedAfter(0), stream.WithLogger(nil))
 	start(t, sub)
-	eventually(t, waitShort, func() bool { return store.SyncStatus().FailClosed }, "not failing closed at once")
+	testutil.Eventually(t, waitShort, func() bool { return store.SyncStatus().FailClosed }, "not failing closed at once")
 	if err := gw.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitLong, func() bool { return sub.Connected() && !store.SyncStatus().FailClosed }, "still failing closed once live")
+	testutil.Eventually(t, waitLong, func() bool { return sub.Connected() && !store.SyncStatus().FailClosed }, "still failing closed once live")
 }
 
 // TestRunReturnsPromptly cancels Run in each state and wants it back
@@ -104,7 +104,7 @@ func TestRunReturnsPromptly(t *testing.T) {
 			sub := stream.NewSubscriber(dial(t, gw.Addr()), store,
 				append(tc.setup(gw), stream.WithCredentialToken(token), stream.WithLogger(nil))...)
 			r := start(t, sub)
-			eventually(t, waitLong, func() bool { st := sub.Status(); return st.State == tc.state && st.Attempts <= 1 }, "state %v never reached", tc.state)
+			testutil.Eventually(t, waitLong, func() bool { st := sub.Status(); return st.State == tc.state && st.Attempts <= 1 }, "state %v never reached", tc.state)
 			if took := r.stop(t); took > 100*time.Millisecond {
 				t.Fatalf("Run returned %v after cancel, want <= 100ms", took)
 			}
@@ -122,7 +122,7 @@ func TestRunAgainAfterReturn(t *testing.T) {
 	waitReady(t, sub)
 	r.stop(t)
 	start(t, sub)
-	eventually(t, waitLong, sub.Connected, "not live on the second Run")
+	testutil.Eventually(t, waitLong, sub.Connected, "not live on the second Run")
 	if n := gw.Stats().Accepted; n != 2 {
 		t.Fatalf("%d subscribes, want 2", n)
 	}

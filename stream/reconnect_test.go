@@ -29,12 +29,12 @@ func TestReconnectAfterDrop(t *testing.T) {
 			start(t, sub)
 			waitReady(t, sub)
 			gw.Publish(agent, "t1:s1", controlstore.SignalPause)
-			eventually(t, waitShort, func() bool { return store.State("t1:s1") == controlstore.Paused }, "pause not applied")
+			testutil.Eventually(t, waitShort, func() bool { return store.State("t1:s1") == controlstore.Paused }, "pause not applied")
 
 			if n := gw.DropAll(code); n != 1 {
 				t.Fatalf("dropped %d streams, want 1", n)
 			}
-			eventually(t, waitLong, func() bool { return gw.Stats().Accepted == 2 && sub.Connected() }, "not live again; status %+v", sub.Status())
+			testutil.Eventually(t, waitLong, func() bool { return gw.Stats().Accepted == 2 && sub.Connected() }, "not live again; status %+v", sub.Status())
 			if st := sub.Status(); st.LastCode != code {
 				t.Fatalf("LastCode %v after a drop with %v", st.LastCode, code)
 			}
@@ -43,7 +43,7 @@ func TestReconnectAfterDrop(t *testing.T) {
 				t.Fatal("the paused op was resumed by the disconnect")
 			}
 			gw.Publish(agent, "t1:s1", controlstore.SignalTerminate)
-			eventually(t, waitShort, func() bool { return store.State("t1:s1") == controlstore.Terminated }, "terminate after reconnect not applied")
+			testutil.Eventually(t, waitShort, func() bool { return store.State("t1:s1") == controlstore.Terminated }, "terminate after reconnect not applied")
 		})
 	}
 }
@@ -60,26 +60,26 @@ func TestReconnectAfterRestart(t *testing.T) {
 		gw.Publish(other, "noise", controlstore.SignalPause) // consumes sequence numbers, reaches nobody here
 		gw.Publish(agent, "t:"+string(rune('a'+i)), controlstore.SignalTerminate)
 	}
-	eventually(t, waitShort, func() bool { return store.Stats().Terminated == 5 }, "terminates not applied")
+	testutil.Eventually(t, waitShort, func() bool { return store.Stats().Terminated == 5 }, "terminates not applied")
 	if seq := sub.Status().LastSequence; seq != 9 {
 		t.Fatalf("LastSequence %d, want 9 (gaps for another agent's traffic)", seq)
 	}
 
 	gw.Stop()
-	eventually(t, waitShort, func() bool { return !sub.Connected() && !store.SyncStatus().Live }, "still live after Stop")
+	testutil.Eventually(t, waitShort, func() bool { return !sub.Connected() && !store.SyncStatus().Live }, "still live after Stop")
 	if err := gw.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	waitSubscribers(t, gw, 1)
-	eventually(t, waitShort, sub.Connected, "not live after Restart")
+	testutil.Eventually(t, waitShort, sub.Connected, "not live after Restart")
 	if seq := gw.Publish(agent, "t:z", controlstore.SignalPause); seq != 0 {
 		t.Fatalf("restarted gateway published sequence %d, want 0", seq)
 	}
-	eventually(t, waitShort, func() bool { return store.State("t:z") == controlstore.Paused }, "pause after restart not applied")
+	testutil.Eventually(t, waitShort, func() bool { return store.State("t:z") == controlstore.Paused }, "pause after restart not applied")
 	if seq := sub.Status().LastSequence; seq != 0 {
 		t.Fatalf("LastSequence %d, want 0: a decrease is accepted", seq)
 	}
-	if logs.count(slog.LevelInfo, "sequence went backwards") != 1 {
+	if logs.Count(slog.LevelInfo, "sequence went backwards") != 1 {
 		t.Fatal("the sequence decrease was not logged as a restart hint")
 	}
 	if store.Stats().Terminated != 5 {
@@ -158,14 +158,14 @@ func TestReconnectWithinBoundAfterLongOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	back := time.Now()
-	eventually(t, time.Minute, sub.Connected, "not live again")
+	testutil.Eventually(t, time.Minute, sub.Connected, "not live again")
 	took := time.Since(back)
 	t.Logf("live again %v after the gateway came back from a %v outage", took.Round(time.Millisecond), back.Sub(down).Round(time.Millisecond))
 	if took > 2*time.Second {
 		t.Fatalf("live again after %v, want <= 2s", took)
 	}
 	gw.Publish(agent, "t:after", controlstore.SignalPause)
-	eventually(t, waitShort, func() bool { return store.State("t:after") == controlstore.Paused }, "signal after reconnect not applied")
+	testutil.Eventually(t, waitShort, func() bool { return store.State("t:after") == controlstore.Paused }, "signal after reconnect not applied")
 }
 
 // countingBackOff counts the waits it hands out.
@@ -209,9 +209,9 @@ func TestCleanEndDoesNotHotLoop(t *testing.T) {
 				return countingBackOff{backoff.NewConstantBackOff(20 * time.Millisecond), &waits}
 			}), noSpread)
 		r := start(t, sub)
-		eventually(t, waitLong, func() bool { return gw.Stats().Accepted >= 10 }, "not reconnecting")
+		testutil.Eventually(t, waitLong, func() bool { return gw.Stats().Accepted >= 10 }, "not reconnecting")
 		began := time.Now()
-		eventually(t, waitLong, func() bool { return gw.Stats().Accepted >= 20 }, "not reconnecting")
+		testutil.Eventually(t, waitLong, func() bool { return gw.Stats().Accepted >= 20 }, "not reconnecting")
 		elapsed := time.Since(began)
 		r.stop(t)
 		// Each clean end draws one interval, which it waits (and which is
@@ -253,7 +253,7 @@ func TestStableStreamResetsBackOff(t *testing.T) {
 			case <-t.Context().Done():
 			}
 			gw.DropAll(codes.Unavailable)
-			eventually(t, waitLong, func() bool { return gw.Stats().Accepted == 2 && sub.Connected() }, "not live again")
+			testutil.Eventually(t, waitLong, func() bool { return gw.Stats().Accepted == 2 && sub.Connected() }, "not live again")
 			if got := resets.Load() - base; got != tc.resets {
 				t.Fatalf("%d resets after a 100 ms stream with StableAfter %v, want %d", got, tc.stable, tc.resets)
 			}
@@ -280,7 +280,7 @@ func TestReconnectSpread(t *testing.T) {
 	waitReady(t, sub) // within waitLong of an hour's spread: the first attempt is not delayed
 
 	gw.DropAll(codes.Unavailable)
-	eventually(t, waitShort, func() bool { return sub.Status().State == stream.Connecting && sub.Status().Attempts == 1 }, "not waiting to re-subscribe")
+	testutil.Eventually(t, waitShort, func() bool { return sub.Status().State == stream.Connecting && sub.Status().Attempts == 1 }, "not waiting to re-subscribe")
 	// An observation window, not a synchronisation: a subscribe within it
 	// would mean the spread was not waited. False failure: the chance that
 	// a draw from [0, 1 h) falls below 300 ms, 8e-5.

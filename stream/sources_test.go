@@ -23,20 +23,20 @@ func TestTwoSubscribersOneStore(t *testing.T) {
 	start(t, sub2)
 	<-sub1.Ready()
 	<-sub2.Ready()
-	eventually(t, waitShort, func() bool { return store.SyncStatus().Live && !store.SyncStatus().FailClosed },
+	testutil.Eventually(t, waitShort, func() bool { return store.SyncStatus().Live && !store.SyncStatus().FailClosed },
 		"both live: want the store live, not failing closed")
 
 	gw2.Stop()
-	eventually(t, waitLong, func() bool { return sub2.Status().State != stream.Live }, "sub2 still live after its gateway stopped")
+	testutil.Eventually(t, waitLong, func() bool { return sub2.Status().State != stream.Live }, "sub2 still live after its gateway stopped")
 	if st := store.SyncStatus(); st.FailClosed {
 		t.Fatalf("one of two subscribers down: store %+v fails closed, want it to run on the live one", st)
 	}
 	gw1.Publish(agent, "trace-1:span-1", controlstore.SignalTerminate)
-	eventually(t, waitShort, func() bool { return store.State("trace-1:span-1") == controlstore.Terminated },
+	testutil.Eventually(t, waitShort, func() bool { return store.State("trace-1:span-1") == controlstore.Terminated },
 		"a terminate through the live subscriber was not applied")
 
 	gw1.Stop()
-	eventually(t, waitShort, func() bool { return store.SyncStatus().FailClosed }, "both down: not failing closed")
+	testutil.Eventually(t, waitShort, func() bool { return store.SyncStatus().FailClosed }, "both down: not failing closed")
 	if err := store.Check(unknownOp); !errors.Is(err, controlstore.ErrUnavailable) {
 		t.Fatalf("Check = %v with both down, want ErrUnavailable", err)
 	}

@@ -12,8 +12,8 @@ import (
 func TestDefaultSchedule(t *testing.T) {
 	b := retry.Default()
 	// Each wait is within ±50 % of 250 ms, 500 ms, 1 s, 2 s, 3 s, 3 s, …
-	for i, nominal := range []time.Duration{250, 500, 1000, 2000, 3000, 3000, 3000} {
-		nominal *= time.Millisecond
+	for i, ms := range []int{250, 500, 1000, 2000, 3000, 3000, 3000} {
+		nominal := time.Duration(ms) * time.Millisecond
 		d := retry.Next(b, time.Hour)
 		if d < nominal/2 || d > nominal*3/2 {
 			t.Fatalf("wait %d = %v, want within ±50 %% of %v", i, d, nominal)

@@ -33,7 +33,6 @@ import (
 const (
 	waitLong  = 30 * time.Second
 	waitShort = 10 * time.Second
-	pollEvery = 2 * time.Millisecond
 )
 
 const token = "6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5"
@@ -50,19 +49,8 @@ func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// poll polls cond every pollEvery until it holds (true) or d passes (false).
-func poll(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(pollEvery)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		<-tick.C
-	}
-	return true
-}
+// poll reports whether cond held within d.
+func poll(d time.Duration, cond func() bool) bool { return testutil.Poll(d, cond) }
 
 // logger discards, unless OPCONTROL_ROBUSTNESS_LOG=1.
 func logger() *slog.Logger {

@@ -34,9 +34,8 @@ const (
 	aliceOp = "4bf92f3577b34da6a3ce929d0e0e4736:00f067aa0ba902b7"
 	bobOp   = "0af7651916cd43dd8448eb211c80319c:b7ad6b7169203331"
 	// waitFor is a generous deadline for asynchronous effects on a loaded
-	// machine; pollStep is the polling interval, not synchronisation.
-	waitFor  = 20 * time.Second
-	pollStep = time.Millisecond
+	// machine.
+	waitFor = 20 * time.Second
 )
 
 // clock is a settable clock for WithClock.
@@ -205,13 +204,7 @@ func wantError(t *testing.T, what string, r response, status int, code string) {
 // eventually polls cond until it holds or the generous deadline passes.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(pollStep)
-	}
+	testutil.Eventually(t, waitFor, cond, "waiting for %s", what)
 }
 
 // stateIs reports whether store records want for id.
