@@ -363,7 +363,10 @@ func reconnectDelay(attempts int) time.Duration {
 // connLogging logs the connection's transitions, once each.
 func connLogging(log *slog.Logger) []nats.Option {
 	return []nats.Option{
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			if nc.IsClosed() {
+				return // closed by its owner (Run ended): nothing to reconnect
+			}
 			attrs := []slog.Attr{}
 			if err != nil {
 				attrs = append(attrs, slog.String("error", err.Error()))

@@ -217,3 +217,37 @@ func TestConnectSecure(t *testing.T) {
 	start(t, sub2)
 	waitState(t, sub2, jetstream.Unauthorized)
 }
+
+// Closing the connection is the owner's doing (Run ended), not an outage:
+// nothing is logged as a disconnect; a real outage is.
+func TestCloseIsNotADisconnect(t *testing.T) {
+	srv := startServer(t)
+	l := &testutil.Logs{}
+	// nats.go runs its callbacks in order on one goroutine per connection:
+	// once the closed callback has run, so has any disconnect callback.
+	closed := make(chan struct{})
+	nc, err := jetstream.Connect(jetstream.Config{URL: srv.URL(), Logger: l.Logger()},
+		nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, waitShort, nc.IsConnected, "connected")
+	nc.Close()
+	select {
+	case <-closed:
+	case <-time.After(waitShort):
+		t.Fatal("the closed callback never ran")
+	}
+	if n := l.Count(slog.LevelWarn, "disconnected"); n != 0 {
+		t.Fatalf("%d disconnect warnings after Close, want none", n)
+	}
+
+	nc, err = jetstream.Connect(jetstream.Config{URL: srv.URL(), Logger: l.Logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	testutil.Eventually(t, waitShort, nc.IsConnected, "connected")
+	srv.Stop()
+	testutil.Eventually(t, waitShort, func() bool { return l.Count(slog.LevelWarn, "disconnected") == 1 }, "no warning for a server that went away")
+}

@@ -1,23 +1,31 @@
 // Command killswitch shows opcontrol's kill switch working end to end, in one
-// process, on loopback only, with nothing to install or start by hand:
+// process, on loopback only, with nothing to install or start by hand, in the
+// real deployment's topology:
 //
+//   - the deployment's NATS JetStream bus (an embedded server, file store in a
+//     temporary directory), on which the operator publishes agent and fleet
+//     halts exactly as the operator API does;
 //   - an Agent Assembly gateway (the in-process stream/gatewaytest, with the
-//     real gateway's semantics) that knows a credential token for each agent;
+//     real gateway's semantics) that knows a credential token for each agent,
+//     with the bridge that republishes the bus's halts on its op-control
+//     stream, as every gateway replica does;
 //   - a tool server with a unary tool (Echo), a slow unary tool (Work) and a
 //     streaming tool (Progress);
-//   - two agents, each wired exactly as a real agent is (see startAgent): a
-//     controlstore.Store, a stream.Subscriber on a gateway connection dialled
-//     with stream.GatewayDialOptions, and a tool client connection dialled with
-//     interceptor.DialOptions. Every op runs under its own OpenTelemetry SDK
+//   - two agents, each wired exactly as a real agent is (see startAgent): the
+//     one-call kill switch (opcontrol.New) fed by the gateway stream and by
+//     the bus (the jetstream module's source), and a tool client connection
+//     dialled with its dial options. Each agent reaches the gateway through a
+//     link the demo can cut. Every op runs under its own OpenTelemetry SDK
 //     span, whose "trace_id:span_id" is the op id the operator targets.
 //
-// A scripted operator then acts through the gateway's publish API, exactly as
-// the real gateway does when a human presses a button: it pauses an op and
-// resumes it, terminates an op in the middle of a call and another in the
-// middle of a stream, halts one agent and finally every agent, while other ops
-// keep running where they should. Each step is checked against what must
-// happen; the command exits 0 only if every step behaved, and otherwise exits
-// 1 naming the step that did not.
+// A scripted operator then acts, exactly as the real operator API and gateway
+// do when a human presses a button: it pauses an op and resumes it,
+// terminates an op in the middle of a call and another in the middle of a
+// stream, pauses an agent while its link to the gateway is cut (the bus
+// delivers it; the stream alone would have lost it), halts one agent and
+// finally every agent, while other ops keep running where they should. Each
+// step is checked against what must happen; the command exits 0 only if every
+// step behaved, and otherwise exits 1 naming the step that did not.
 //
 // Usage:
 //
@@ -27,7 +35,7 @@
 // -speed scales the demo's pacing (how long the operator lets a call be held
 // or run before acting); correctness never depends on it, because every step
 // waits for the store, the gateway or the tool server to confirm what happened.
-// -v adds the subscriber's log, the gateway's sequence numbers and the span
+// -v adds the sources' logs, the gateway's sequence numbers and the span
 // events the interceptor recorded.
 package main
 
@@ -39,14 +47,17 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/opcontrol/opcontrol"
 	"github.com/opcontrol/opcontrol/controlstore"
-	"github.com/opcontrol/opcontrol/interceptor"
+	"github.com/opcontrol/opcontrol/internal/faultproxy"
 	"github.com/opcontrol/opcontrol/internal/toolserver"
+	"github.com/opcontrol/opcontrol/jetstream"
 	"github.com/opcontrol/opcontrol/stream"
 )
 
@@ -78,17 +89,20 @@ type config struct {
 	speed       float64
 	verbose     bool
 	stepTimeout time.Duration
+	// withoutBus leaves the bus source out of the agents' kill switches:
+	// tests use it to prove that the durable step needs it.
+	withoutBus bool
 	// gate returns the op-control dial options of a tool connection.
-	// Nil means interceptor.DialOptions; tests replace it to prove that
-	// the demo's checks fail when the gate is missing.
-	gate func(*controlstore.Store) []grpc.DialOption
+	// Nil means the kill switch's own; tests replace it to prove that the
+	// demo's checks fail when the gate is missing.
+	gate func(*opcontrol.KillSwitch) []grpc.DialOption
 }
 
 // run sets the world up, plays the scenario and tears everything down. It
 // returns nil only if every step behaved as expected.
 func run(ctx context.Context, cfg config) error {
 	if cfg.gate == nil {
-		cfg.gate = func(s *controlstore.Store) []grpc.DialOption { return interceptor.DialOptions(s) }
+		cfg.gate = func(k *opcontrol.KillSwitch) []grpc.DialOption { return k.DialOptions() }
 	}
 	tl := newTimeline(cfg.out, cfg.verbose)
 	w, err := newWorld(ctx, cfg, tl)
@@ -104,51 +118,57 @@ type agent struct {
 	n      int // 1 or 2, as in the timeline's "1/A"
 	name   string
 	id     controlstore.Agent
-	store  *controlstore.Store
-	sub    *stream.Subscriber
+	token  string
+	k      *opcontrol.KillSwitch
+	store  *controlstore.Store // k.Store()
+	bus    *jetstream.BusSource
+	link   *faultproxy.Proxy // the agent's link to the gateway, which the demo cuts
 	client *toolserver.Client
 
-	gwConn, toolConn *grpc.ClientConn
-	stopSub          context.CancelFunc
-	subDone          chan struct{} // closed when Run has returned
-	runErr           error         // what Run returned; read after subDone
+	toolConn *grpc.ClientConn
 }
 
 // startAgent wires one agent exactly as a real agent is wired; these are the
-// lines a platform engineer copies. gatewayAddr and toolAddr are loopback
-// addresses here; the gateway speaks plaintext (put a TLS-terminating proxy
-// in front of it in production).
-func startAgent(ctx context.Context, cfg config, tl *timeline, n int, id controlstore.Agent, token, gatewayAddr, toolAddr string) (*agent, error) {
-	a := &agent{n: n, name: fmt.Sprintf("agent-%d", n), id: id, subDone: make(chan struct{})}
-
-	// 1. The agent's local record of op control: which of its ops the
-	// operator paused or terminated.
+// lines a platform engineer copies (with opcontrol.FromEnv, the values come
+// from the platform's AA_* variables instead). gatewayAddr, natsURL and
+// toolAddr are loopback addresses here; the gateway speaks plaintext (put a
+// TLS-terminating proxy in front of it in production).
+func startAgent(ctx context.Context, cfg config, tl *timeline, n int, id controlstore.Agent, token, gatewayAddr, natsURL, toolAddr string) (*agent, error) {
+	a := &agent{n: n, name: fmt.Sprintf("agent-%d", n), id: id, token: token}
 	var err error
-	if a.store, err = controlstore.New(id); err != nil {
+	if a.link, err = faultproxy.New(gatewayAddr); err != nil {
 		return nil, err
 	}
 
-	// 2. The subscriber keeps the store in step with the gateway's
-	// op-control stream, presenting the credential token the gateway's
-	// agent registry issued, and reconnects for ever.
-	a.gwConn, err = grpc.NewClient(gatewayAddr, append(stream.GatewayDialOptions(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	// 1. The kill switch: the agent's record of op control, kept in step
+	// with the gateway's op-control stream (with the credential token the
+	// gateway's agent registry issued) and with the deployment's bus, which
+	// resumes where it left off after any outage. Both reconnect for ever.
+	a.bus = jetstream.NewBusSource(jetstream.Config{URL: natsURL})
+	sources := []opcontrol.SourceFactory{a.bus.Factory}
+	if cfg.withoutBus {
+		sources = nil
+	}
+	a.k, err = opcontrol.New(ctx, opcontrol.Config{
+		Agent:           id,
+		GatewayAddr:     a.link.Addr(),
+		CredentialToken: token,
+		Sources:         sources,
+		Logger:          slog.New(tl.logHandler(a.name)),
+		// A fleet spreads its re-subscribes over 5 s after a gateway
+		// restart (stream.WithReconnectSpread); a demo of two agents
+		// need not wait for that.
+		StreamOptions: []stream.Option{stream.WithReconnectSpread(0)},
+	})
 	if err != nil {
+		_ = a.link.Close()
 		return nil, err
 	}
-	a.sub = stream.NewSubscriber(a.gwConn, a.store,
-		stream.WithCredentialToken(token),
-		stream.WithLogger(slog.New(tl.logHandler(a.name+" subscriber"))))
-	subCtx, stopSub := context.WithCancel(context.WithoutCancel(ctx))
-	a.stopSub = stopSub
-	go func() {
-		defer close(a.subDone)
-		a.runErr = a.sub.Run(subCtx) // nil once subCtx ends
-	}()
+	a.store = a.k.Store()
 
-	// 3. Every tool client connection gates its calls on the store. The
-	// gate must be the outermost interceptor: list it first.
-	a.toolConn, err = grpc.NewClient(toolAddr, append(cfg.gate(a.store),
+	// 2. Every tool client connection gates its calls on the kill switch.
+	// The gate must be the outermost interceptor: list it first.
+	a.toolConn, err = grpc.NewClient(toolAddr, append(cfg.gate(a.k),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		a.stop()
@@ -156,41 +176,41 @@ func startAgent(ctx context.Context, cfg config, tl *timeline, n int, id control
 	}
 	a.client = toolserver.NewClient(a.toolConn)
 
-	// Wait until the gateway has subscribed the agent: from then on no
-	// signal published for it is missed (the gateway replays nothing).
-	t := time.NewTimer(cfg.stepTimeout)
-	defer t.Stop()
-	select {
-	case <-a.sub.Ready():
-		return a, nil
-	case <-t.C:
-	case <-ctx.Done():
+	// Wait until both sources are live: from then on no signal published
+	// for the agent is missed.
+	wctx, cancel := context.WithTimeout(ctx, cfg.stepTimeout)
+	defer cancel()
+	if err := poll(wctx, func() bool { return a.k.Status().Live }); err != nil {
+		status := describe(a.k.Status())
+		a.stop()
+		return nil, fmt.Errorf("%s: kill switch not live after %v: %s", a.name, cfg.stepTimeout, status)
 	}
-	status := describe(a.sub.Status())
-	a.stop()
-	return nil, fmt.Errorf("%s: op-control stream not live after %v: %s", a.name, cfg.stepTimeout, status)
+	return a, nil
 }
 
-// describe summarises a subscriber's health for an error message.
-func describe(st stream.Status) string {
-	s := fmt.Sprintf("subscriber %v after %d attempt(s)", st.State, st.Attempts)
-	if st.LastError != nil {
-		s += ", last error: " + st.LastError.Error()
+// describe summarises a kill switch's health for an error message.
+func describe(st opcontrol.Status) string {
+	parts := make([]string, 0, len(st.Sources))
+	for _, h := range st.Sources {
+		p := h.Name + " " + h.State
+		if h.LastError != "" {
+			p += " (" + h.LastError + ")"
+		}
+		parts = append(parts, p)
 	}
-	return s
+	return strings.Join(parts, ", ")
 }
 
-// stop closes the agent's connections and stops its subscriber, waiting for
-// Run to return. It is safe to call on a partly started agent.
+// stop closes the agent's tool connection, shuts its kill switch down and
+// closes its link. It is safe to call on a partly started agent.
 func (a *agent) stop() {
 	if a.toolConn != nil {
 		_ = a.toolConn.Close()
 	}
-	if a.stopSub != nil {
-		a.stopSub()
-		<-a.subDone
+	if a.k != nil {
+		_ = a.k.Shutdown(context.Background())
 	}
-	if a.gwConn != nil {
-		_ = a.gwConn.Close()
+	if a.link != nil {
+		_ = a.link.Close()
 	}
 }

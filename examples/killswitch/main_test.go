@@ -10,7 +10,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 
-	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol"
 	"github.com/opcontrol/opcontrol/interceptor"
 )
 
@@ -41,7 +41,7 @@ func TestDemoPasses(t *testing.T) {
 			t.Fatalf("verbose=%v: %v\n%s", verbose, err, out)
 		}
 		for _, want := range []string{
-			"PASS: all 7 steps behaved as expected",
+			"PASS: all 8 steps behaved as expected",
 			"held ",
 			"cancelled in flight    FailedPrecondition (OP_TERMINATED, scope op)",
 			"cancelled in flight    FailedPrecondition (OP_TERMINATED, scope agent)",
@@ -60,7 +60,7 @@ func TestDemoPasses(t *testing.T) {
 
 // The checks can fail: without the gate, 1/A's call is not held.
 func TestDemoFailsWithoutGate(t *testing.T) {
-	out, err := runDemo(t, config{gate: func(*controlstore.Store) []grpc.DialOption { return nil }})
+	out, err := runDemo(t, config{gate: func(*opcontrol.KillSwitch) []grpc.DialOption { return nil }})
 	if err == nil || !strings.Contains(err.Error(), "step 2 ") || !strings.Contains(err.Error(), "was not held") {
 		t.Fatalf("err = %v, want step 2 to fail because 1/A's call was not held\n%s", err, out)
 	}
@@ -70,8 +70,8 @@ func TestDemoFailsWithoutGate(t *testing.T) {
 // step 3 must fail, not wait for the call to finish and accept it.
 func TestDemoFailsWithoutInFlightCancellation(t *testing.T) {
 	out, err := runDemo(t, config{
-		gate: func(s *controlstore.Store) []grpc.DialOption {
-			return interceptor.DialOptions(s, interceptor.WithInFlightCancellation(false))
+		gate: func(k *opcontrol.KillSwitch) []grpc.DialOption {
+			return interceptor.DialOptions(k.Store(), interceptor.WithInFlightCancellation(false))
 		},
 		// Long enough for every step on a loaded machine, shorter than
 		// the 10 s Work call that is not killed.
@@ -79,5 +79,14 @@ func TestDemoFailsWithoutInFlightCancellation(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "step 3 ") || !strings.Contains(err.Error(), "1/B Work(10s) did not return") {
 		t.Fatalf("err = %v, want step 3 to fail because 1/B's Work was not cancelled\n%s", err, out)
+	}
+}
+
+// The durable step needs the bus: with the gateway stream alone, the pause
+// published while agent-2's link is cut is never applied, and step 6 fails.
+func TestDemoFailsWithoutTheBus(t *testing.T) {
+	out, err := runDemo(t, config{withoutBus: true, stepTimeout: 5 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "step 6 ") || !strings.Contains(err.Error(), "agent-2 never applied it") {
+		t.Fatalf("err = %v, want step 6 to fail because agent-2 never got the pause\n%s", err, out)
 	}
 }

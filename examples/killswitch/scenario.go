@@ -64,6 +64,7 @@ func (s *scenario) steps() []step {
 		{"terminate op 1/B mid-call: its running Work call dies at once, 1/D's runs on", s.terminateMidCall},
 		{"terminate is sticky: a RESUME does not bring 1/B back", s.sticky},
 		{"terminate op 1/C mid-stream: its Progress stream is cut", s.terminateMidStream},
+		{"agent-2's link to the gateway is cut; the operator pauses agent-2 on the bus; the link comes back", s.durable},
 		{"halt agent-1 (agent:{agent_id}): all its calls stop, span or no span; agent-2 runs on", s.haltAgent},
 		{"global halt (*): every agent stops", s.haltAll},
 	}
@@ -259,6 +260,61 @@ func (s *scenario) terminateMidStream(ctx context.Context) error {
 	return nil
 }
 
+// durable: the gateway replays nothing, so a halt published while an
+// agent's stream is down is lost for the stream; the bus source resumes
+// where it left off and applies it anyway.
+func (s *scenario) durable(ctx context.Context) error {
+	w := s.w
+	a2 := s.e.agent
+	target := controlstore.AgentOpIDPrefix + a2.id.AgentID
+	w.cut(a2)
+	cut := time.Now()
+	if err := poll(ctx, func() bool { return !sourceLive(a2, "stream") && !w.witness.sub.Connected() }); err != nil {
+		return fmt.Errorf("agent-2's stream still live after its link was cut: %s", describe(a2.k.Status()))
+	}
+	w.tl.note("agent-2's link to the gateway is cut: its gateway stream is down after %s (%s)", ms(time.Since(cut)), describe(a2.k.Status()))
+	published, err := w.haltAgent(ctx, a2, controlstore.SignalPause)
+	if err != nil {
+		return err
+	}
+	appliedIn := time.Since(published)
+	if st := a2.store.State(target); st != controlstore.Paused {
+		return fmt.Errorf("agent-2's store has %s %v, want paused", target, st)
+	}
+	held := w.start(s.e, "Echo", echo)
+	if err := w.waitHeld(ctx, held); err != nil {
+		return err
+	}
+	w.tl.note("applied from JetStream while the stream was down (within %s of the publish): 2/E Echo is held", ms(appliedIn))
+	if st := w.witness.store.State(target); st != controlstore.Running {
+		return fmt.Errorf("the witness (gateway stream alone) has %s %v: the stream delivered it while cut?", target, st)
+	}
+	w.tl.note("witness (gateway stream alone): %s is running: the stream missed the pause", target)
+
+	w.restore(a2)
+	restored := time.Now()
+	if err := poll(ctx, func() bool { return sourceLive(a2, "stream") && w.witness.sub.Connected() }); err != nil {
+		return fmt.Errorf("agent-2's stream not live again after its link came back: %s", describe(a2.k.Status()))
+	}
+	w.tl.note("link back: agent-2's gateway stream is live again after %s", ms(time.Since(restored)))
+	if st := w.witness.store.State(target); st != controlstore.Running {
+		return fmt.Errorf("the witness has %s %v after the link came back, want running: the gateway replays nothing", target, st)
+	}
+	w.tl.note("the gateway replayed nothing: with the stream alone the pause would have been lost for good")
+	if held.returned() {
+		return fmt.Errorf("2/E Echo returned before the RESUME")
+	}
+	if _, err := w.haltAgent(ctx, a2, controlstore.SignalResume); err != nil {
+		return err
+	}
+	out, err := finish(ctx, held, expectHeld())
+	if err != nil {
+		return err
+	}
+	w.tl.note("released by the RESUME on the bus after %s held", ms(out.hold))
+	return nil
+}
+
 func (s *scenario) haltAgent(ctx context.Context) error {
 	w := s.w
 	agent1 := s.d.agent
@@ -339,10 +395,12 @@ func (s *scenario) summary() {
 	}
 	w.tl.printf("\n")
 	for _, a := range w.agents {
-		st, sub := a.store.Stats(), a.sub.Status()
-		w.tl.debugf("%s store: %d signals applied, %d entries (%d paused, %d terminated); subscriber %v, %d received, last sequence %d",
-			a.name, st.Applied, st.Entries, st.Paused, st.Terminated, sub.State, sub.Received, sub.LastSequence)
+		st := a.store.Stats()
+		w.tl.debugf("%s store: %d signals applied, %d gateway copies superseded by the bus, %d entries (%d paused, %d terminated); sources: %s",
+			a.name, st.Applied, st.Superseded, st.Entries, st.Paused, st.Terminated, describe(a.k.Status()))
 	}
+	bs := w.bridge.Stats()
+	w.tl.debugf("gateway bridge: %+v", bs)
 	gs := w.gw.Stats()
 	w.tl.debugf("gateway: %d published, %d subscribers, %d subscribes accepted", gs.Published, gs.Subscribers, gs.Accepted)
 	for _, o := range []*op{s.a, s.b, s.c, s.d, s.e} {

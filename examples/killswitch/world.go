@@ -3,18 +3,24 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/opcontrol/opcontrol/controlstore"
 	"github.com/opcontrol/opcontrol/internal/toolserver"
+	"github.com/opcontrol/opcontrol/jetstream/jetstreamtest"
+	"github.com/opcontrol/opcontrol/stream"
 	"github.com/opcontrol/opcontrol/stream/gatewaytest"
 )
 
@@ -28,17 +34,24 @@ var demoAgents = []struct {
 	{controlstore.Agent{OrgID: "acme", TeamID: "research", AgentID: "did:key:z6MkDemoAgentTwo"}, "demo-token-agent-2"},
 }
 
-// world is everything the demo runs in this process: the gateway, the tool
-// server, tracing and the agents.
+// world is everything the demo runs in this process: the bus, the gateway
+// and its bridge from the bus, the tool server, tracing and the agents.
 type world struct {
 	cfg    config
 	tl     *timeline
+	bus    *jetstreamtest.Server
+	busNC  *nats.Conn // the operator API's and the gateway bridge's connection
+	pub    *jetstreamtest.Publisher
+	bridge *jetstreamtest.Bridge
 	gw     *gatewaytest.Gateway
 	tools  *toolserver.Server
 	tp     *sdktrace.TracerProvider
 	spans  *tracetest.SpanRecorder
 	tracer trace.Tracer
 	agents []*agent
+	// witness is a store of agent-2 fed by the gateway stream alone,
+	// through agent-2's link: what an agent without the bus would know.
+	witness *witness
 
 	// ctx ends at shutdown; every op's context derives from it, so that
 	// calls left running by a failed step end too.
@@ -63,6 +76,22 @@ func newWorld(ctx context.Context, cfg config, tl *timeline) (w *world, err erro
 	if w.gw, err = gatewaytest.Start(opts...); err != nil {
 		return nil, err
 	}
+	// The bus: JetStream with the stream AA_OPCONTROL, the operator API's
+	// publisher, and the gateway's bridge, which republishes every halt on
+	// the op-control stream (and replays what the stream retains when it
+	// reconnects, as the real bridge does).
+	if w.bus, err = jetstreamtest.StartServer(); err != nil {
+		return nil, err
+	}
+	if w.busNC, err = w.bus.Connect(); err != nil {
+		return nil, err
+	}
+	if w.pub, err = jetstreamtest.NewPublisher(w.busNC); err != nil {
+		return nil, err
+	}
+	if w.bridge, err = jetstreamtest.StartBridge(w.busNC, w.gw); err != nil {
+		return nil, err
+	}
 	// The tool server tells the scenario when a tool call's handler is
 	// running, so that "terminate mid-call" never races the call's arrival.
 	if w.tools, err = toolserver.Start(); err != nil {
@@ -75,17 +104,23 @@ func newWorld(ctx context.Context, cfg config, tl *timeline) (w *world, err erro
 	w.tracer = w.tp.Tracer("github.com/opcontrol/opcontrol/examples/killswitch")
 
 	tl.header("opcontrol kill-switch demo: one process, loopback only")
-	tl.info("gateway      %s  (gatewaytest; a credential token registered per agent)", w.gw.Addr())
+	tl.info("bus          %s  (embedded NATS JetStream; stream AA_OPCONTROL)", w.bus.URL())
+	tl.info("gateway      %s  (gatewaytest; a credential token registered per agent; bridged from the bus)", w.gw.Addr())
 	tl.info("tool server  %s  (Echo, Work, Progress)", w.tools.Addr())
 	for i, d := range demoAgents {
 		start := time.Now()
-		a, err := startAgent(ctx, cfg, tl, i+1, d.id, d.token, w.gw.Addr(), w.tools.Addr())
+		a, err := startAgent(ctx, cfg, tl, i+1, d.id, d.token, w.gw.Addr(), w.bus.URL(), w.tools.Addr())
 		if err != nil {
 			return nil, err
 		}
 		w.agents = append(w.agents, a)
-		tl.info("%-12s %s  subscribed to the gateway in %s", a.name, d.id.AgentID, ms(time.Since(start)))
+		tl.info("%-12s %s  live on the gateway stream and the bus in %s", a.name, d.id.AgentID, ms(time.Since(start)))
 	}
+	// What agent-2 would know from the gateway stream alone.
+	if err := w.startWitness(ctx, w.agents[1]); err != nil {
+		return nil, err
+	}
+	tl.info("witness      agent-2's gateway stream alone, through agent-2's link (no bus)")
 	return w, nil
 }
 
@@ -95,7 +130,19 @@ func (w *world) close() {
 	w.calls.Wait()
 	for _, a := range w.agents {
 		a.stop()
-		w.tl.debugf("%s subscriber stopped: state %v, Run returned %v", a.name, a.sub.Status().State, a.runErr)
+		w.tl.debugf("%s kill switch stopped", a.name)
+	}
+	if w.witness != nil {
+		w.witness.stop()
+	}
+	if w.bridge != nil {
+		w.bridge.Close()
+	}
+	if w.busNC != nil {
+		w.busNC.Close()
+	}
+	if w.bus != nil {
+		w.bus.Close()
 	}
 	if w.gw != nil {
 		w.gw.Close()
@@ -285,41 +332,47 @@ func (w *world) toolEvent(ctx context.Context, from int, method string) (toolser
 // returns when the signal was published.
 func (w *world) publish(ctx context.Context, o *op, sig controlstore.Signal) (time.Time, error) {
 	text := fmt.Sprintf("%s %s", strings.ToUpper(sig.String()), o.label)
-	return w.operate(ctx, text, []*agent{o.agent}, func() uint64 { return w.gw.Publish(o.agent.id, o.id, sig) })
+	return w.operate(ctx, text, []*agent{o.agent}, func() (uint64, error) { return w.gw.Publish(o.agent.id, o.id, sig), nil })
 }
 
-// haltAgent sends sig for "agent:{agent_id}" of a: every op of that agent.
+// haltAgent publishes sig for "agent:{agent_id}" of a (every op of that
+// agent) on the bus, as the operator API does: the agent's bus source and,
+// through the gateway's bridge, its gateway stream both carry it.
 func (w *world) haltAgent(ctx context.Context, a *agent, sig controlstore.Signal) (time.Time, error) {
-	text := fmt.Sprintf("%s %s%s", strings.ToUpper(sig.String()), controlstore.AgentOpIDPrefix, a.id.AgentID)
-	return w.operate(ctx, text, []*agent{a}, func() uint64 { return w.gw.HaltAgent(a.id, sig) })
+	text := fmt.Sprintf("%s %s%s (on the bus)", strings.ToUpper(sig.String()), controlstore.AgentOpIDPrefix, a.id.AgentID)
+	return w.operate(ctx, text, []*agent{a}, func() (uint64, error) { return w.pub.HaltAgent(ctx, a.id, sig) })
 }
 
-// haltAll sends sig for "*": every op of every agent.
+// haltAll publishes sig for "*" (every op of every agent) on the bus.
 func (w *world) haltAll(ctx context.Context, sig controlstore.Signal) (time.Time, error) {
-	text := fmt.Sprintf("%s %s", strings.ToUpper(sig.String()), controlstore.GlobalOpID)
-	return w.operate(ctx, text, w.agents, func() uint64 { return w.gw.HaltAll(sig) })
+	text := fmt.Sprintf("%s %s (on the bus)", strings.ToUpper(sig.String()), controlstore.GlobalOpID)
+	return w.operate(ctx, text, w.agents, func() (uint64, error) { return w.pub.HaltAll(ctx, sig) })
 }
 
 // operate publishes with send and waits until every agent in concerned has
-// applied one more signal. The gateway replays nothing and the scenario
-// publishes one signal at a time, so the next signal a subscriber applies is
-// this one.
-func (w *world) operate(ctx context.Context, text string, concerned []*agent, send func() uint64) (time.Time, error) {
+// applied one more signal. The scenario publishes one signal at a time, so
+// the next signal a store applies is this one (a halt's copy from the other
+// source comes after it). seq is the gateway's sequence number, or the
+// bus's stream sequence for a halt.
+func (w *world) operate(ctx context.Context, text string, concerned []*agent, send func() (uint64, error)) (time.Time, error) {
 	before := make([]uint64, len(concerned))
 	for i, a := range concerned {
 		before[i] = a.store.Stats().Applied
 	}
 	published := time.Now()
-	seq := send()
+	seq, err := send()
+	if err != nil {
+		return published, fmt.Errorf("operator %s: %w", text, err)
+	}
 	applied := make([]string, 0, len(concerned))
 	for i, a := range concerned {
 		if err := poll(ctx, func() bool { return a.store.Stats().Applied > before[i] }); err != nil {
-			return published, fmt.Errorf("operator %s: %s never applied it (%s): %w", text, a.name, describe(a.sub.Status()), err)
+			return published, fmt.Errorf("operator %s: %s never applied it (%s): %w", text, a.name, describe(a.k.Status()), err)
 		}
 		applied = append(applied, fmt.Sprintf("%s within %s", a.name, ms(time.Since(published))))
 	}
 	w.tl.operator(published, text, fmt.Sprintf("applied by %s", strings.Join(applied, ", ")))
-	w.tl.debugf("gateway sequence %d", seq)
+	w.tl.debugf("sequence %d", seq)
 	return published, nil
 }
 
@@ -366,4 +419,72 @@ func spanEvents(span trace.Span) []sdktrace.Event {
 		return ro.Events()
 	}
 	return nil
+}
+
+// witness is a store of an agent fed by the gateway stream alone, through
+// the agent's link: what the agent would know without the bus.
+type witness struct {
+	store *controlstore.Store
+	sub   *stream.Subscriber
+	conn  *grpc.ClientConn
+	stopF context.CancelFunc
+	done  chan struct{}
+}
+
+// startWitness starts a's witness and waits until its stream is live.
+func (w *world) startWitness(ctx context.Context, a *agent) error {
+	store, err := controlstore.New(a.id, controlstore.WithLogger(slog.New(w.tl.logHandler(a.name+" witness"))))
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(a.link.Addr(), append(stream.GatewayDialOptions(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		return err
+	}
+	sub := stream.NewSubscriber(conn, store, stream.WithCredentialToken(a.token), stream.WithReconnectSpread(0),
+		stream.WithLogger(slog.New(w.tl.logHandler(a.name+" witness"))))
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	w.witness = &witness{store: store, sub: sub, conn: conn, stopF: stop, done: make(chan struct{})}
+	go func() {
+		defer close(w.witness.done)
+		_ = sub.Run(runCtx)
+	}()
+	select {
+	case <-sub.Ready():
+		return nil
+	case <-time.After(w.cfg.stepTimeout):
+		return fmt.Errorf("%s's witness: stream not live: %v", a.name, sub.Status().State)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (wt *witness) stop() {
+	wt.stopF()
+	<-wt.done
+	_ = wt.conn.Close()
+}
+
+// deadAddr refuses every connection: a cut link's new target.
+const deadAddr = "127.0.0.1:1"
+
+// cut cuts a's link to the gateway: its connections are reset and new
+// ones reach nothing, so its gateway stream (and its witness's) goes down.
+func (w *world) cut(a *agent) {
+	a.link.SetTarget(deadAddr)
+	a.link.Reset()
+}
+
+// restore gives a its link to the gateway back.
+func (w *world) restore(a *agent) { a.link.SetTarget(w.gw.Addr()) }
+
+// sourceLive reports whether a's kill switch has source name live.
+func sourceLive(a *agent, name string) bool {
+	for _, h := range a.k.Status().Sources {
+		if h.Name == name {
+			return h.Live
+		}
+	}
+	return false
 }
