@@ -16,7 +16,7 @@ import (
 // printBanner prints, in one write, what a person needs to use the
 // gateway: each agent's environment, a command running the example agent
 // with it, and the operator's curl lines. Every line is shell-ready.
-func printBanner(w io.Writer, grpcAddr, httpAddr string, agents []agentCred) {
+func printBanner(w io.Writer, grpcAddr, httpAddr, natsURL string, agents []agentCred) {
 	gatewayURL := "http://" + dialable(grpcAddr)
 	apiURL := "http://" + dialable(httpAddr)
 	ops := apiURL + operatorapi.OpsPath
@@ -25,9 +25,12 @@ func printBanner(w io.Writer, grpcAddr, httpAddr string, agents []agentCred) {
 	fmt.Fprintf(&b, "opcontrol local gateway, for development only (the operator API has no authentication)\n")
 	fmt.Fprintf(&b, "  gRPC OpControlStream  %s\n", grpcAddr)
 	fmt.Fprintf(&b, "  operator REST API     %s\n", ops)
+	if natsURL != "" {
+		fmt.Fprintf(&b, "  NATS JetStream bus    %s  (halts are published here and bridged to the gRPC stream)\n", natsURL)
+	}
 	for _, a := range agents {
 		fmt.Fprintf(&b, "\nAgent %s: its environment, and the example agent run with it from the repository root:\n", a.agent.AgentID)
-		fmt.Fprintf(&b, "  %s \\\n    go run ./examples/envagent -api %s\n", envLine(agentEnv(gatewayURL, a)), apiURL)
+		fmt.Fprintf(&b, "  %s \\\n    go run ./examples/envagent -api %s\n", envLine(agentEnv(gatewayURL, natsURL, a)), apiURL)
 	}
 	fmt.Fprintf(&b, "\nOperator, with OP set to an op id the agent printed ({trace_id}:{span_id}):\n")
 	fmt.Fprintf(&b, "  OPS=%s\n", ops)
@@ -47,14 +50,18 @@ func printBanner(w io.Writer, grpcAddr, httpAddr string, agents []agentCred) {
 // agentEnv is the environment that opcontrol.FromEnv needs to reach this
 // gateway as agent a. All five variables are set, empty ones included, so
 // that none is taken from the shell.
-func agentEnv(gatewayURL string, a agentCred) [][2]string {
-	return [][2]string{
+func agentEnv(gatewayURL, natsURL string, a agentCred) [][2]string {
+	env := [][2]string{
 		{opcontrol.EnvGatewayURL, gatewayURL},
 		{opcontrol.EnvOrgID, a.agent.OrgID},
 		{opcontrol.EnvTeamID, a.agent.TeamID},
 		{opcontrol.EnvAgentID, a.agent.AgentID},
 		{opcontrol.EnvCredentialToken, a.token},
 	}
+	if natsURL != "" {
+		env = append(env, [2]string{opcontrol.EnvNATSURL, natsURL})
+	}
+	return env
 }
 
 // envLine writes env as NAME=value assignments for a POSIX shell.

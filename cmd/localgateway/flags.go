@@ -28,6 +28,9 @@ const (
 	// written for it work here unchanged. Loopback, because the operator
 	// API has no authentication (see checkAddr).
 	defaultHTTPAddr = "127.0.0.1:7391"
+	// defaultNATSPort is NATS's own default port. The embedded server
+	// listens on loopback only: the bus has no authentication here either.
+	defaultNATSPort = 4222
 	// defaultAgentID is the agent registered when no -agent is given.
 	defaultAgentID = "did:key:z6MkLocalDevAgent"
 )
@@ -37,8 +40,13 @@ const (
 type config struct {
 	grpcAddr string
 	httpAddr string
-	agents   []agentCred
-	timeouts httpTimeouts
+	// nats, when set, embeds a JetStream bus on natsAddr (see bus.go),
+	// with its file store in natsStore (a temporary directory if empty).
+	nats      bool
+	natsPort  int
+	natsStore string
+	agents    []agentCred
+	timeouts  httpTimeouts
 }
 
 // agentCred is one agent the gateway admits: its triple and its token.
@@ -87,6 +95,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var agents agentFlags
 	fs.StringVar(&cfg.grpcAddr, "grpc", defaultGRPCAddr, "`host:port` of the gateway's gRPC OpControlStream (port 0: any free port)")
 	fs.StringVar(&cfg.httpAddr, "http", defaultHTTPAddr, "loopback `host:port` of the operator REST API (port 0: any free port)")
+	fs.BoolVar(&cfg.nats, "nats", false, "also run the deployment's NATS JetStream bus in-process: halt-agent and global halts are\npublished on it as the operator API does, and bridged to the gRPC stream as the gateway does")
+	fs.IntVar(&cfg.natsPort, "nats-port", defaultNATSPort, "`port` of the embedded NATS server on 127.0.0.1, with -nats (0: any free port)")
+	fs.StringVar(&cfg.natsStore, "nats-store", "", "`directory` of the bus's file store, with -nats (default: a temporary directory, removed at exit)")
 	fs.Var(&agents, "agent", "an agent the gateway admits: `"+agentSyntax+"`;\nrepeat for more agents. Without token=, a random token is issued.\nWithout -agent, one agent "+defaultAgentID+" is registered")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: localgateway [flags]
@@ -111,6 +122,19 @@ Flags:
 	errs = append(errs, checkAddr("-grpc", cfg.grpcAddr, defaultGRPCAddr, false), checkAddr("-http", cfg.httpAddr, defaultHTTPAddr, true))
 	if sameListener(cfg.grpcAddr, cfg.httpAddr) {
 		errs = append(errs, fmt.Errorf("-grpc and -http are both %q: give them different ports", cfg.grpcAddr))
+	}
+	if cfg.nats {
+		natsAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.natsPort))
+		if cfg.natsPort < 0 || cfg.natsPort > 65535 {
+			errs = append(errs, fmt.Errorf("-nats-port %d: want 0 to 65535", cfg.natsPort))
+		}
+		for _, other := range []struct{ name, addr string }{{"-grpc", cfg.grpcAddr}, {"-http", cfg.httpAddr}} {
+			if cfg.natsPort != 0 && sameListener(natsAddr, other.addr) {
+				errs = append(errs, fmt.Errorf("-nats-port and %s are both %q: give them different ports", other.name, natsAddr))
+			}
+		}
+	} else if cfg.natsStore != "" || cfg.natsPort != defaultNATSPort {
+		errs = append(errs, errors.New("-nats-port and -nats-store need -nats"))
 	}
 	if len(agents) == 0 {
 		agents = agentFlags{defaultAgentID}

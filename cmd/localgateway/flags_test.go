@@ -17,7 +17,11 @@ func TestBadFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"unknown flag", []string{"-nats", "nats://127.0.0.1:4222"}, "flag provided but not defined: -nats"},
+		{"unknown flag", []string{"-bus", "nats://127.0.0.1:4222"}, "flag provided but not defined: -bus"},
+		{"-nats takes no value", []string{"-nats=nats://127.0.0.1:4222"}, "invalid boolean value"},
+		{"nats port out of range", []string{"-nats", "-nats-port", "70000"}, "-nats-port 70000: want 0 to 65535"},
+		{"nats port is the gateway's", []string{"-nats", "-nats-port", "50051"}, "-nats-port and -grpc are both"},
+		{"nats settings without -nats", []string{"-nats-store", "/tmp/x"}, "need -nats"},
 		{"argument", []string{"serve"}, `unexpected arguments ["serve"]`},
 		{"grpc without port", []string{"-grpc", "127.0.0.1"}, `-grpc "127.0.0.1": want host:port`},
 		{"grpc named port", []string{"-grpc", "127.0.0.1:grpc"}, "the port must be a number"},

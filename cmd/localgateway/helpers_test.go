@@ -157,7 +157,9 @@ func (p *proc) setEnv(t *testing.T, i int) map[string]string {
 		t.Setenv(name, val)
 	}
 	t.Setenv(opcontrol.EnvFailClosedAfter, "")
-	t.Setenv(opcontrol.EnvNATSURL, "")
+	if _, printed := env[opcontrol.EnvNATSURL]; !printed {
+		t.Setenv(opcontrol.EnvNATSURL, "")
+	}
 	return env
 }
 

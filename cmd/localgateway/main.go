@@ -7,7 +7,12 @@
 //     credential token;
 //   - the operator's REST API (stream/gatewaytest/operatorapi), so that a
 //     person can pause, resume and terminate an agent's ops, halt one agent
-//     or every agent, with curl. docs/operator-api.md describes it.
+//     or every agent, with curl. docs/operator-api.md describes it;
+//   - with -nats, the deployment's NATS JetStream bus (an embedded server
+//     with the stream AA_OPCONTROL), on which the REST API publishes agent
+//     and global halts as the real operator API does, and a bridge that
+//     republishes them on the gRPC stream as the real gateway does, so that
+//     an agent's bus source (the jetstream module) can be tried locally.
 //
 // At start it prints the environment each agent needs (AA_GATEWAY_URL,
 // AA_AGENT_ID, AA_AGENT_CREDENTIAL_TOKEN, …, as opcontrol.FromEnv reads it)
@@ -19,6 +24,7 @@
 //	go run ./cmd/localgateway                                  # one agent, did:key:z6MkLocalDevAgent
 //	go run ./cmd/localgateway -agent 'id=did:key:z6MkExample,org=acme,team=platform,token=dev-token'
 //	go run ./cmd/localgateway -agent did:key:z6MkA -agent did:key:z6MkB -grpc 127.0.0.1:50052
+//	go run ./cmd/localgateway -nats                            # with the bus on 127.0.0.1:4222
 //
 // Exit status: 0 after a clean shutdown, 1 when it cannot start (an address
 // in use), 2 for a malformed flag.
@@ -88,13 +94,23 @@ func serve(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger, 
 	}
 	defer gw.Close()
 
-	// The operator API's options. This is where the NATS bus (-nats, issue
-	// 14) plugs in: start an embedded JetStream server before this point,
-	// append operatorapi.WithBridgedPublisher(its publisher) so that agent
-	// and global halts go on the bus and then to the in-process gateway, as
-	// the real gateway's bridge delivers them, and add the bus's variables
-	// to agentEnv.
 	apiOpts := []operatorapi.Option{operatorapi.WithLogger(log)}
+	natsURL := ""
+	if cfg.nats {
+		// The deployment's bus: the operator API publishes halts on it and
+		// the gateway's bridge republishes them on the op-control stream,
+		// so the gateway delivers each halt once, as in production (the
+		// operator API never publishes in-process when NATS is set).
+		b, err := startBus(cfg, gw, log)
+		if err != nil {
+			return err
+		}
+		// Deferred after gw.Close: it runs first, once the HTTP server
+		// has drained (no more publishes), before the gateway closes.
+		defer b.close()
+		natsURL = b.srv.URL()
+		apiOpts = append(apiOpts, operatorapi.WithPublisher(b))
+	}
 	api, err := operatorapi.New(gw, apiOpts...)
 	if err != nil {
 		return fmt.Errorf("operator API: %w", err)
@@ -118,7 +134,7 @@ func serve(ctx context.Context, cfg config, stdout io.Writer, log *slog.Logger, 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 
-	printBanner(stdout, gw.Addr(), lis.Addr().String(), cfg.agents)
+	printBanner(stdout, gw.Addr(), lis.Addr().String(), natsURL, cfg.agents)
 	log.Info("serving", "grpc", gw.Addr(), "http", lis.Addr().String(), "agents", len(cfg.agents))
 
 	select {

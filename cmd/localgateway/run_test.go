@@ -321,7 +321,7 @@ func TestPrintedLinesSurviveTheShell(t *testing.T) {
 		token: `tok'en"$x`,
 	}
 	var out syncBuffer
-	printBanner(&out, "127.0.0.1:50051", "127.0.0.1:7391", []agentCred{a})
+	printBanner(&out, "127.0.0.1:50051", "127.0.0.1:7391", "", []agentCred{a})
 	var envLine, curlLine string
 	for line := range strings.SplitSeq(out.String(), "\n") {
 		line = strings.TrimSpace(line)

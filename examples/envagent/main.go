@@ -48,6 +48,7 @@ import (
 	"github.com/opcontrol/opcontrol"
 	"github.com/opcontrol/opcontrol/controlstore"
 	"github.com/opcontrol/opcontrol/internal/toolserver"
+	"github.com/opcontrol/opcontrol/jetstream"
 	"github.com/opcontrol/opcontrol/stream/gatewaytest/operatorapi"
 )
 
@@ -107,8 +108,11 @@ func (c config) check(nargs int) error {
 
 // agent is the agent proper.
 func agent(ctx context.Context, cfg config, out io.Writer, log *slog.Logger) error {
-	// The kill switch, from AA_AGENT_ID, AA_GATEWAY_URL, … alone.
-	k, err := opcontrol.FromEnv(ctx, opcontrol.WithLogger(log))
+	// The kill switch, from AA_AGENT_ID, AA_GATEWAY_URL, … alone; with
+	// AA_OPCONTROL_NATS_URL set (localgateway -nats prints it), it reads
+	// the bus too, so that a halt published while its gateway stream is
+	// down is not lost.
+	k, err := opcontrol.FromEnv(ctx, opcontrol.WithLogger(log), opcontrol.WithSource(jetstream.SourceFromEnv()))
 	if err != nil {
 		return err
 	}

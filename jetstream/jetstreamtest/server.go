@@ -69,10 +69,21 @@ type serverConfig struct {
 	admin     []nats.Option
 	noStream  bool
 	streamCfg *jsapi.StreamConfig
+	port      int // -1: a free one
 }
 
 // ServerOption configures a Server.
 type ServerOption func(*serverConfig)
+
+// WithPort listens on port of 127.0.0.1 (default: a free port, as is
+// port 0), for a server a person connects to by a known address.
+func WithPort(port int) ServerOption {
+	return func(c *serverConfig) {
+		if port > 0 && port < 1<<16 {
+			c.port = port
+		}
+	}
+}
 
 // WithStoreDir keeps the file store in dir (default: a temporary
 // directory removed by Close).
@@ -108,7 +119,7 @@ func WithStreamConfig(cfg jsapi.StreamConfig) ServerOption {
 // StartServer starts a server on a free loopback port and, unless
 // WithoutStream, creates the stream.
 func StartServer(opts ...ServerOption) (*Server, error) {
-	s := &Server{}
+	s := &Server{cfg: serverConfig{port: -1}}
 	for _, o := range opts {
 		if o != nil {
 			o(&s.cfg)
@@ -121,7 +132,7 @@ func StartServer(opts ...ServerOption) (*Server, error) {
 		}
 		s.cfg.dir, s.cfg.ownDir = dir, true
 	}
-	if err := s.start(-1); err != nil {
+	if err := s.start(s.cfg.port); err != nil {
 		s.Close()
 		return nil, err
 	}
