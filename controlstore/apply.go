@@ -41,7 +41,7 @@ func (s *Store) apply(opID string, sig Signal, src *Source) error {
 	}
 
 	s.mu.Lock()
-	if scope != nil && sig != SignalTerminate && src != nil && !s.reconcileLocked(src, scope, sig) {
+	if scope != nil && src != nil && !s.reconcileLocked(src, scope, sig) {
 		s.mu.Unlock()
 		return nil
 	}

@@ -17,6 +17,8 @@ type options struct {
 	meterProvider     metric.MeterProvider
 	now               func() time.Time
 	logger            *slog.Logger
+	resumeSettle      time.Duration
+	afterFunc         func(time.Duration, func()) func() bool
 }
 
 // WithMaxEntries caps the number of per-op entries (default
@@ -38,10 +40,12 @@ func (o *options) validate() error {
 	if o.terminatedHistory < 1 || o.terminatedHistory > MaxTerminatedHistory {
 		return fmt.Errorf("controlstore: WithTerminatedHistory(%d) is out of range [1, %d]", o.terminatedHistory, MaxTerminatedHistory)
 	}
+	if o.resumeSettle < 0 || o.resumeSettle > MaxResumeSettle {
+		return fmt.Errorf("controlstore: WithResumeSettle(%v) is out of range [0, %v]", o.resumeSettle, MaxResumeSettle)
+	}
 	if o.now == nil {
 		o.now = time.Now
 	}
-
 	return nil
 }
 
@@ -77,3 +81,23 @@ func WithLogger(l *slog.Logger) Option {
 func WithTerminatedHistory(n int) Option {
 	return func(o *options) { o.terminatedHistory = n }
 }
+
+// DefaultResumeSettle is how long a gateway's RESUME of the agent or global
+// scope settles when WithResumeSettle is not given.
+const DefaultResumeSettle = time.Second
+
+// MaxResumeSettle is the longest settle WithResumeSettle accepts.
+const MaxResumeSettle = time.Minute
+
+// WithResumeSettle sets how long a RESUME of the agent or global scope
+// that a gateway source delivers waits before it applies (default
+// DefaultResumeSettle), so that a replayed PAUSE, RESUME, PAUSE never
+// releases held calls for the moment between (see Source). A PAUSE or
+// TERMINATE of the scope within the window cancels it. 0 applies such a
+// RESUME at once. New refuses d outside [0, MaxResumeSettle].
+func WithResumeSettle(d time.Duration) Option {
+	return func(o *options) { o.resumeSettle = d }
+}
+
+// afterFunc is time.AfterFunc, returning its Stop.
+func afterFunc(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }

@@ -41,16 +41,30 @@ func (k SourceKind) String() string {
 // Store.AddSource; its methods are safe for concurrent use.
 //
 // Two sources can deliver the same halt, in different orders and with
-// different gaps. The store reconciles them by these rules:
+// different gaps, and a gateway's bridge replays the bus's retained window
+// to its streams whenever its own bus link reconnects. The store
+// reconciles them by these rules:
 //
 //   - A TERMINATE from any source applies at once, and is sticky.
-//   - While a SourceBus source is live, PAUSE and RESUME of the agent and
-//     global scopes from a SourceGateway source are ignored (and counted in
-//     Stats.Superseded): the bus carries every such halt, in publish order,
-//     while the gateway's copy may arrive late, twice, or replayed from its
-//     own bridge. When no bus source is live, the gateway's copies apply.
-//   - Per-op signals apply from any source, last one wins (in practice
-//     only the gateway carries them).
+//   - A bus source catching up after an outage (started, not yet live)
+//     delivers old halts in order; of those, only the last PAUSE or RESUME
+//     of each scope counts, applied when the source goes live (counted in
+//     Stats.Deferred).
+//   - Once a live bus source has delivered a PAUSE or RESUME of the agent
+//     or global scope, the bus speaks for that scope: a gateway source's
+//     PAUSE and RESUME of it are ignored while a bus source is live
+//     (counted in Stats.Superseded). The bus carries every such halt, in
+//     publish order, while the gateway's copy may arrive late, twice, or
+//     replayed. For a scope the bus has not spoken of (it starts with new
+//     halts only), the gateway's copies apply.
+//   - Where a gateway's copy applies, its RESUME of a paused agent or
+//     global scope settles first (WithResumeSettle, one second by default;
+//     Stats.Settled): a PAUSE or TERMINATE of the scope within the window
+//     cancels it, so that a replayed PAUSE, RESUME, PAUSE never lets held
+//     calls run in between. Releasing late is the safe side; a PAUSE
+//     applies at once.
+//   - Per-op signals apply from any source, at once, last one wins (only
+//     the gateway carries them, and it does not replay them).
 //
 // The rules assume what the real deployment does: when it has a bus, the
 // operator API publishes every agent and global halt on it.
@@ -357,33 +371,130 @@ func (s *Store) failClosedReasonsLocked() []slog.Attr {
 	return attrs
 }
 
-// reconcileLocked decides whether a PAUSE or RESUME of a reserved scope
-// from src applies now (true), by the rules in the Source documentation:
+// reconcileLocked decides whether a signal for a reserved scope from src
+// applies now (true), by the rules in the Source documentation:
 //
-//   - from a bus source, it records the bus's view of the scope; it applies
-//     now only if that source is live (caught up). A source catching up
-//     after an outage delivers old halts in order; applying them would take
-//     the scope back through states the operator has long left (a resume
-//     of a pause that has since been re-issued, for a moment), so only the
-//     last one counts, when the source goes live (see busLiveLocked).
-//   - from a gateway source, it is ignored while a bus source is live.
+//   - A TERMINATE always applies now, and cancels a RESUME settling for the
+//     scope.
+//   - From a bus source, a PAUSE or RESUME records the bus's view of the
+//     scope; it applies now only if that source is live (caught up). A
+//     source catching up after an outage delivers old halts in order;
+//     applying them would take the scope back through states the operator
+//     has long left (a resume of a pause that has since been re-issued, for
+//     a moment), so only the last one counts, when the source goes live
+//     (see busLiveLocked).
+//   - From a gateway source, a PAUSE or RESUME is ignored while the bus
+//     speaks for the scope (busSpeaksLocked). Otherwise a PAUSE applies now
+//     and cancels a settling RESUME; a RESUME of a paused scope settles
+//     first (settleLocked), because the gateway's bridge replays its
+//     window, and a replayed PAUSE, RESUME, PAUSE must not release every
+//     held call for the moment between.
 //
 // Under mu.
 func (s *Store) reconcileLocked(src *Source, scope *entry, sig Signal) bool {
+	i := s.scopeIndex(scope)
+	if sig == SignalTerminate {
+		s.cancelSettleLocked(i)
+		return true
+	}
 	switch src.kind {
 	case SourceBus:
-		s.busView[s.scopeIndex(scope)] = sig
+		s.busView[i] = sig
 		if !src.live {
 			s.stats.Deferred++
 			return false
 		}
+		s.cancelSettleLocked(i) // the bus speaks for the scope now
 	case SourceGateway:
-		if s.kinds[SourceBus].live > 0 {
+		if s.busSpeaksLocked(i) {
 			s.stats.Superseded++
+			return false
+		}
+		if sig == SignalPause {
+			s.cancelSettleLocked(i)
+			return true
+		}
+		if s.resumeSettle > 0 && State(scope.state.Load()) == Paused {
+			s.settleLocked(i)
 			return false
 		}
 	}
 	return true
+}
+
+// busSpeaksLocked reports whether the bus's word on reserved scope i
+// outranks a gateway's: a bus source is live and has delivered a PAUSE or
+// RESUME of the scope since it began. A bus that has said nothing of the
+// scope (it starts with new halts only) has nothing to set against an older
+// halt the gateway replays, so the gateway's copy stands. Under mu.
+func (s *Store) busSpeaksLocked(i int) bool {
+	return s.kinds[SourceBus].live > 0 && s.busView[i] != SignalUnspecified
+}
+
+// settleTimer is a gateway RESUME of one reserved scope, waiting out the
+// settle window. Under mu.
+type settleTimer struct {
+	stop func() bool // nil: none pending
+	gen  uint64      // bumped whenever one is armed or cancelled; a stale timer does nothing
+}
+
+// settleLocked (re)starts the settle window of a gateway RESUME of
+// reserved scope i: a repeated RESUME restarts it, so that it ends a full
+// window after the last one. Under mu.
+func (s *Store) settleLocked(i int) {
+	st := &s.settle[i]
+	if st.stop != nil {
+		st.stop()
+	}
+	st.gen++
+	gen := st.gen
+	s.stats.Settled++
+	st.stop = s.afterFunc(s.resumeSettle, func() { s.settleDue(i, gen) })
+}
+
+// cancelSettleLocked drops a RESUME settling for reserved scope i, if any.
+// Under mu.
+func (s *Store) cancelSettleLocked(i int) {
+	st := &s.settle[i]
+	if st.stop == nil {
+		return
+	}
+	st.stop()
+	st.stop = nil
+	st.gen++
+	s.stats.SettleCancelled++
+}
+
+// settleDue applies a settled RESUME, by the rules as they stand when it
+// is due: the bus may have come to speak for the scope meanwhile.
+func (s *Store) settleDue(i int, gen uint64) {
+	s.mu.Lock()
+	st := &s.settle[i]
+	if st.gen != gen || st.stop == nil {
+		s.mu.Unlock()
+		return
+	}
+	st.stop = nil
+	if s.busSpeaksLocked(i) {
+		s.stats.Superseded++
+		s.mu.Unlock()
+		return
+	}
+	s.changeScopeLocked(s.scopeAt(i), SignalResume)
+	s.mu.Unlock()
+	s.metrics.apply(SignalResume)
+}
+
+// changeScopeLocked moves a reserved scope by sig inside a version bump.
+// Under mu.
+func (s *Store) changeScopeLocked(scope *entry, sig Signal) {
+	s.version.Add(1)
+	// Arm before the state changes; rearm settles it (see apply).
+	s.armed.Store(true)
+	s.applyScope(scope, sig)
+	s.rearm()
+	s.version.Add(1)
+	s.stats.Applied++
 }
 
 // busLiveLocked runs when a bus source goes live: the bus's view of each
@@ -397,20 +508,19 @@ func (s *Store) busLiveLocked() {
 		if sig == SignalUnspecified {
 			continue
 		}
-		scope := &s.global
-		if i == 1 {
-			scope = &s.agentScope
+		s.cancelSettleLocked(i)
+		if scope := s.scopeAt(i); State(scope.state.Load()) != target(sig) {
+			s.changeScopeLocked(scope, sig)
 		}
-		if State(scope.state.Load()) == target(sig) {
-			continue
-		}
-		s.version.Add(1)
-		s.armed.Store(true)
-		s.applyScope(scope, sig)
-		s.rearm()
-		s.version.Add(1)
-		s.stats.Applied++
 	}
+}
+
+// scopeAt is the reserved scope with index i: 0 global, 1 agent.
+func (s *Store) scopeAt(i int) *entry {
+	if i == 1 {
+		return &s.agentScope
+	}
+	return &s.global
 }
 
 func (s *Store) scopeIndex(scope *entry) int {

@@ -15,7 +15,17 @@ import (
 // gateway carries a copy that it may drop, deliver late (behind a queue),
 // lose entirely while its stream is down, or replay from its own bridge
 // (old entries again). The store must end where the operator left it, and
-// while the bus is live, agree with the bus exactly.
+// while the bus is live, agree with the bus exactly on every scope the bus
+// has spoken for.
+//
+// In one mode of four the gateway loses nothing (it still lags and
+// replays) and the bus source begins late, with new halts only, as the
+// jetstream source does by default. There the store must also never
+// release a paused scope because of the gateway unless the operator's word
+// at that moment is resume: a replayed PAUSE, RESUME, PAUSE must not let
+// held calls run in between. Time passes (settle windows end) only while
+// the gateway has nothing in flight: the model assumes a replay or a lag
+// drains within the settle window, which is what the window is sized for.
 
 type halt struct {
 	scope int // 0 global, 1 agent
@@ -23,11 +33,16 @@ type halt struct {
 }
 
 type twoSourceWorld struct {
-	t     *testing.T
-	rng   *rand.Rand
-	store *controlstore.Store
-	bus   *controlstore.Source
-	gw    *controlstore.Source
+	t      *testing.T
+	rng    *rand.Rand
+	store  *controlstore.Store
+	timers *fakeTimers
+	bus    *controlstore.Source
+	gw     *controlstore.Source
+
+	lossless   bool // the gateway never drops, and its stream never goes down
+	busStarted bool
+	busSpoke   [2]bool // the bus has delivered a halt of the scope
 
 	truth []halt
 	ids   [2]string
@@ -44,17 +59,28 @@ type twoSourceWorld struct {
 }
 
 func newTwoSourceWorld(t *testing.T, seed uint64) *twoSourceWorld {
-	w := &twoSourceWorld{t: t, rng: rand.New(rand.NewPCG(seed, 7))}
-	w.store = newStore(t)
+	w := &twoSourceWorld{t: t, rng: rand.New(rand.NewPCG(seed, 7)), timers: newFakeTimers()}
+	w.lossless = seed%4 == 3
+	w.store = newStore(t, controlstore.WithAfterFunc(w.timers.AfterFunc))
 	w.ids = [2]string{controlstore.GlobalOpID, controlstore.AgentOpIDPrefix + agentID}
 	w.bus = w.store.AddSource("bus", controlstore.SourceBus)
 	w.gw = w.store.AddSource("gateway", controlstore.SourceGateway)
-	w.bus.Start()
 	w.gw.Start()
-	w.busUp, w.gwUp = true, true
+	w.gwUp = true
 	w.gw.SetLive(true)
-	w.catchUp() // an empty bus is caught up at once
+	if !w.lossless {
+		w.startBus()
+	}
 	return w
+}
+
+// startBus begins the bus source with new halts only: it never delivers
+// what was published before.
+func (w *twoSourceWorld) startBus() {
+	w.busStarted, w.busUp, w.busPos = true, true, len(w.truth)
+	w.bus.Start()
+	w.logf("bus starts at #%d", w.busPos)
+	w.catchUp() // nothing to catch up on
 }
 
 func (w *twoSourceWorld) logf(format string, args ...any) {
@@ -85,6 +111,7 @@ func (w *twoSourceWorld) busDeliver() {
 	h := w.truth[w.busPos]
 	w.logf("bus delivers #%d %v", w.busPos, h.sig)
 	w.busPos++
+	w.busSpoke[h.scope] = true
 	before := w.store.State(w.ids[h.scope])
 	w.apply(w.bus, h)
 	if !w.busLive && h.sig != controlstore.SignalTerminate {
@@ -111,6 +138,7 @@ func (w *twoSourceWorld) gwDeliver(drop bool) {
 	if !w.gwUp || len(w.gwQueue) == 0 {
 		return
 	}
+	drop = drop && !w.lossless
 	h := w.gwQueue[0]
 	w.gwQueue = w.gwQueue[1:]
 	if drop {
@@ -141,7 +169,14 @@ func (w *twoSourceWorld) want(scope, n int) controlstore.State {
 }
 
 func (w *twoSourceWorld) check(when string, n int) {
+	w.checkScopes(when, n, [2]bool{true, true})
+}
+
+func (w *twoSourceWorld) checkScopes(when string, n int, scopes [2]bool) {
 	for scope := range 2 {
+		if !scopes[scope] {
+			continue
+		}
 		got := w.store.State(w.ids[scope])
 		want := w.want(scope, n)
 		if w.terminated[scope] {
@@ -154,8 +189,23 @@ func (w *twoSourceWorld) check(when string, n int) {
 	}
 }
 
+// timePasses ends every settle window, if the gateway has nothing in
+// flight.
+func (w *twoSourceWorld) timePasses() {
+	if len(w.gwQueue) == 0 {
+		if n := w.timers.FireAll(); n > 0 {
+			w.logf("time passes: %d settled", n)
+		}
+	}
+}
+
 func (w *twoSourceWorld) step() {
-	switch r := w.rng.IntN(100); {
+	var before [2]controlstore.State
+	for scope := range 2 {
+		before[scope] = w.store.State(w.ids[scope])
+	}
+	byGateway := false
+	switch r := w.rng.IntN(104); {
 	case r < 25:
 		sig := controlstore.SignalPause
 		if w.rng.IntN(2) == 0 {
@@ -169,20 +219,25 @@ func (w *twoSourceWorld) step() {
 		w.busDeliver()
 	case r < 75:
 		w.gwDeliver(w.rng.IntN(4) == 0)
+		byGateway = true
 	case r < 80: // the bus link drops
-		if w.busUp {
+		if !w.busStarted {
+			if w.rng.IntN(8) == 0 { // late, often after the last halt of a scope
+				w.startBus()
+			}
+		} else if w.busUp {
 			w.busUp, w.busLive = false, false
 			w.bus.SetLive(false)
 			w.logf("bus down")
 		}
 	case r < 85:
-		if !w.busUp {
+		if w.busStarted && !w.busUp {
 			w.busUp = true
 			w.logf("bus up")
 			w.catchUp()
 		}
 	case r < 90: // the gateway stream drops: what is in flight is lost
-		if w.gwUp {
+		if w.gwUp && !w.lossless {
 			w.gwUp, w.gwQueue = false, nil
 			w.gw.SetLive(false)
 			w.logf("gateway down")
@@ -193,16 +248,29 @@ func (w *twoSourceWorld) step() {
 			w.gw.SetLive(true)
 			w.logf("gateway up")
 		}
-	default: // the gateway's own bridge reconnects and replays its window
+	case r < 100: // the gateway's own bridge reconnects and replays its window
 		if w.gwUp {
 			from := max(0, len(w.truth)-w.rng.IntN(8))
 			w.gwQueue = append(w.gwQueue, w.truth[from:]...)
 			w.logf("gateway replays #%d..", from)
 		}
+	default:
+		w.timePasses()
+		byGateway = true
 	}
 	if w.busLive {
-		// While the bus is live the store agrees with it exactly.
-		w.check("bus live", w.busPos)
+		// While the bus is live the store agrees with it exactly on
+		// every scope it has spoken for.
+		w.checkScopes("bus live", w.busPos, w.busSpoke)
+	}
+	if w.lossless && byGateway {
+		for scope := range 2 {
+			got := w.store.State(w.ids[scope])
+			if before[scope] == controlstore.Paused && got == controlstore.Running && w.want(scope, len(w.truth)) != controlstore.Running {
+				w.t.Fatalf("the gateway released %s while the operator's word was pause\n  %s", w.ids[scope],
+					strings.Join(w.log[max(0, len(w.log)-40):], "\n  "))
+			}
+		}
 	}
 }
 
@@ -218,8 +286,27 @@ func TestTwoSourcesModel(t *testing.T) {
 		for range 150 {
 			w.step()
 		}
-		switch seed % 3 {
-		case 0, 1:
+		switch {
+		case w.lossless:
+			// The bus comes up and catches up, the gateway drains what it
+			// has, the settle windows end: every scope is where the
+			// operator left it, whether or not the bus spoke for it.
+			if !w.busStarted {
+				w.startBus()
+			}
+			if !w.busUp {
+				w.busUp = true
+				w.catchUp()
+			}
+			for w.busPos < len(w.truth) {
+				w.busDeliver()
+			}
+			for len(w.gwQueue) > 0 {
+				w.gwDeliver(false)
+			}
+			w.timePasses()
+			w.check("lossless gateway, bus caught up, at the end", len(w.truth))
+		case seed%4 < 2:
 			// The bus comes back and catches up; the gateway may have
 			// missed its tail, or still have stale copies in flight.
 			if !w.busUp {
@@ -229,13 +316,14 @@ func TestTwoSourcesModel(t *testing.T) {
 			for w.busPos < len(w.truth) {
 				w.busDeliver()
 			}
-			if seed%3 == 1 {
+			if seed%4 == 1 {
 				for len(w.gwQueue) > 0 {
 					w.gwDeliver(false)
 				}
 			}
+			w.timePasses()
 			w.check("bus caught up at the end", len(w.truth))
-		case 2:
+		default:
 			// The bus misses its tail: it stays down. The gateway, live,
 			// delivers what it has in flight, and then a final halt of
 			// each scope: the store must follow the gateway alone.
@@ -256,6 +344,7 @@ func TestTwoSourcesModel(t *testing.T) {
 			for len(w.gwQueue) > 0 {
 				w.gwDeliver(false)
 			}
+			w.timePasses()
 			w.check("gateway alone at the end", len(w.truth))
 		}
 		if t.Failed() {
@@ -268,7 +357,8 @@ func TestTwoSourcesModel(t *testing.T) {
 // newer PAUSE and dropped, must not stay in force once the bus is back:
 // the bus's view wins when it goes live, even though it has nothing new.
 func TestTwoSourcesLateGatewayCopyIsUndoneByTheBus(t *testing.T) {
-	s := newStore(t)
+	timers := newFakeTimers()
+	s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc))
 	bus := s.AddSource("bus", controlstore.SourceBus)
 	gw := s.AddSource("gateway", controlstore.SourceGateway)
 	bus.Start()
@@ -291,6 +381,7 @@ func TestTwoSourcesLateGatewayCopyIsUndoneByTheBus(t *testing.T) {
 	if err := gw.Apply("*", controlstore.SignalResume); err != nil { // still the stale copy
 		t.Fatal(err)
 	}
+	timers.FireAll()
 	if got := s.State("*"); got != controlstore.Running {
 		t.Fatalf("with the bus down the gateway applies: %v, want running", got)
 	}

@@ -30,6 +30,12 @@ type Stats struct {
 	// bus source delivered while catching up (not yet live); the last one
 	// of each scope applies when the source goes live.
 	Deferred uint64
+	// Settled counts RESUMEs of the agent or global scope from a gateway
+	// source that were held back to settle (see WithResumeSettle), and
+	// SettleCancelled those of them that a PAUSE or TERMINATE of the
+	// scope cancelled before they applied.
+	Settled         uint64
+	SettleCancelled uint64
 	// Wakeups counts how often a held call was woken to re-check. Only
 	// changes that concern a call wake it, so this grows with signals for
 	// held ops, not with traffic.

@@ -72,6 +72,9 @@ type Store struct {
 	// busView is the last PAUSE or RESUME a bus source delivered for the
 	// global [0] and agent [1] scopes (SignalUnspecified: none yet).
 	busView           [2]Signal
+	settle            [2]settleTimer // a gateway RESUME settling, per reserved scope
+	resumeSettle      time.Duration
+	afterFunc         func(time.Duration, func()) func() bool
 	failClosedChanged bool // to be logged by unlockAndLog
 	log               *slog.Logger
 
@@ -137,7 +140,10 @@ func New(agent Agent, opts ...Option) (*Store, error) {
 			return nil, fmt.Errorf("controlstore: New: Agent.%s is not valid UTF-8", f.name)
 		}
 	}
-	o := options{maxEntries: DefaultMaxEntries, terminatedHistory: DefaultTerminatedHistory, now: time.Now, logger: slog.Default()}
+	o := options{
+		maxEntries: DefaultMaxEntries, terminatedHistory: DefaultTerminatedHistory, resumeSettle: DefaultResumeSettle,
+		now: time.Now, logger: slog.Default(), afterFunc: afterFunc,
+	}
 	for _, opt := range opts {
 		if opt != nil {
 			opt(&o)
@@ -147,16 +153,18 @@ func New(agent Agent, opts ...Option) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{
-		agent:     agent,
-		agentOpID: AgentOpIDPrefix + agent.AgentID,
-		max:       o.maxEntries,
-		seed:      newHashSeed(),
-		now:       o.now,
-		log:       o.logger,
-		scopesCh:  make(chan struct{}),
-		syncCh:    make(chan struct{}),
-		waiting:   make(map[*entry]struct{}),
-		absent:    make(map[opKey]*absentWait),
+		agent:        agent,
+		agentOpID:    AgentOpIDPrefix + agent.AgentID,
+		max:          o.maxEntries,
+		seed:         newHashSeed(),
+		now:          o.now,
+		log:          o.logger,
+		resumeSettle: o.resumeSettle,
+		afterFunc:    o.afterFunc,
+		scopesCh:     make(chan struct{}),
+		syncCh:       make(chan struct{}),
+		waiting:      make(map[*entry]struct{}),
+		absent:       make(map[opKey]*absentWait),
 	}
 	s.liveSince = s.now()
 	s.fps = newCompacted(o.terminatedHistory)

@@ -36,6 +36,10 @@ type Config struct {
 	// least MaxEntries + TerminatedHistory newer per-op terminates were
 	// published: it is compacted, never dropped, when evicted.
 	TerminatedHistory int
+	// ResumeSettle is the store's WithResumeSettle (0: the default). A
+	// RESUME of the agent or global scope is certain to have applied only
+	// this long after it was certainly delivered: the store lets it settle.
+	ResumeSettle time.Duration
 	// HoldWake is how long a call held when a terminate is applied may take
 	// to end (default 2 s): past it, it must end with the terminated error.
 	HoldWake time.Duration
@@ -74,6 +78,9 @@ func Check(cfg Config, events []Event) []Violation {
 	}
 	if cfg.TerminatedHistory <= 0 {
 		cfg.TerminatedHistory = controlstore.DefaultTerminatedHistory // promised; the store keeps more
+	}
+	if cfg.ResumeSettle <= 0 {
+		cfg.ResumeSettle = controlstore.DefaultResumeSettle
 	}
 	if cfg.HoldWake <= 0 {
 		cfg.HoldWake = 2 * time.Second
@@ -335,7 +342,7 @@ func (c *checker) observations() {
 			}
 			excerpt = append(excerpt, p)
 			anyOrder |= anyOrder.step(p.Signal)
-			if at, ok := c.defAt[p.ID]; ok && at <= o.At {
+			if at, ok := c.certainAt(p); ok && at <= o.At {
 				possible = possible.step(p.Signal)
 			} else {
 				possible |= possible.step(p.Signal)
@@ -378,6 +385,17 @@ func (c *checker) observations() {
 		c.report(LiveDelivery, around(), "%s is %s, but the signals certainly delivered while live allow only %v",
 			short(o.OpID), o.State, possible)
 	}
+}
+
+// certainAt is when p is certain to have applied, if it is: when it was
+// certainly delivered, and for a RESUME of a reserved scope a settle
+// window later.
+func (c *checker) certainAt(p *Event) (time.Duration, bool) {
+	at, ok := c.defAt[p.ID]
+	if ok && p.Signal == controlstore.SignalResume && !c.isOp(p.OpID) {
+		at += c.cfg.ResumeSettle
+	}
+	return at, ok
 }
 
 // resumedAfter reports whether a RESUME of id was published in (from, to).

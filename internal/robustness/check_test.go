@@ -330,6 +330,20 @@ func TestCheckLiveDelivery(t *testing.T) {
 		o := b.observe(30, op, hPaused)
 		wantViolation(t, b, LiveDelivery, p, o)
 	})
+	t.Run("a gateway's resume of a reserved scope settles first", func(t *testing.T) {
+		// check's store settles a reserved-scope RESUME for the default
+		// window (1 s): paused before it has passed, running after.
+		settle := int(controlstore.DefaultResumeSettle / time.Millisecond)
+		b := &hb{}
+		b.link(0, true, 1, 0)
+		b.pub(10, controlstore.GlobalOpID, hPause)
+		b.pub(20, controlstore.GlobalOpID, hResume)
+		b.settle(30, "marker-1", 1, 0)
+		b.observe(40, controlstore.GlobalOpID, hPaused) // settling
+		wantNone(t, b)
+		o := b.observe(35+settle+10, controlstore.GlobalOpID, hPaused) // past the window
+		wantViolation(t, b, LiveDelivery, o)
+	})
 	t.Run("phantom state", func(t *testing.T) {
 		b := &hb{}
 		b.link(0, true, 1, 0)

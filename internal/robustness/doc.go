@@ -28,8 +28,9 @@
 //     eviction or a timeout.
 //   - LiveDelivery: every signal published while the subscriber was live on
 //     one stream, not lagging, and before a later marker signal was seen
-//     applied on that same stream, is applied; and the store never holds a
-//     state that no published signal explains.
+//     applied on that same stream, is applied (an agent or global RESUME
+//     a settle window later: the store lets it settle); and the store never
+//     holds a state that no published signal explains.
 //   - Bounded: goroutines and heap return to their baseline after the run.
 //
 // See RELIABILITY.md at the repository root for the fault model and figures.
