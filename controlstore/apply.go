@@ -41,9 +41,14 @@ func (s *Store) apply(opID string, sig Signal, src *Source) error {
 	}
 
 	s.mu.Lock()
-	if scope != nil && src != nil && !s.reconcileLocked(src, scope, sig) {
-		s.mu.Unlock()
-		return nil
+	if scope != nil {
+		if src == nil {
+			// A hand-driven signal is the newest word on the scope.
+			s.cancelSettleLocked(s.scopeIndex(scope))
+		} else if !s.reconcileLocked(src, scope, sig) {
+			s.mu.Unlock()
+			return nil
+		}
 	}
 	s.version.Add(1)
 	// Arm before the state changes, so that no reader can see the new

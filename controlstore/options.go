@@ -91,10 +91,11 @@ const MaxResumeSettle = time.Minute
 
 // WithResumeSettle sets how long a RESUME of the agent or global scope
 // that a gateway source delivers waits before it applies (default
-// DefaultResumeSettle), so that a replayed PAUSE, RESUME, PAUSE never
-// releases held calls for the moment between (see Source). A PAUSE or
+// DefaultResumeSettle), so that a replayed PAUSE, RESUME, PAUSE does not
+// release held calls for the moment between (see Source). A newer PAUSE or
 // TERMINATE of the scope within the window cancels it. 0 applies such a
-// RESUME at once. New refuses d outside [0, MaxResumeSettle].
+// RESUME at once. A longer window covers slower replays, and delays an
+// operator's resume that arrives through the gateway alone by as much. New refuses d outside [0, MaxResumeSettle].
 func WithResumeSettle(d time.Duration) Option {
 	return func(o *options) { o.resumeSettle = d }
 }

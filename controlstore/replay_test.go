@@ -171,3 +171,135 @@ func TestResumeSettleOutOfRange(t *testing.T) {
 		}
 	}
 }
+
+// Found in review: every newer word on a scope cancels a gateway RESUME
+// that is settling for it, whoever delivers it: a bus still catching up
+// (its PAUSE is deferred, but it is the newer word), or a hand-driven
+// Store.Apply.
+func TestSettleCancelledByEveryNewerPause(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		pause func(s *controlstore.Store, bus *controlstore.Source) error
+	}{
+		{"bus catching up", func(_ *controlstore.Store, bus *controlstore.Source) error {
+			return bus.Apply(controlstore.GlobalOpID, controlstore.SignalPause)
+		}},
+		{"Store.Apply", func(s *controlstore.Store, _ *controlstore.Source) error {
+			return s.Apply(controlstore.GlobalOpID, controlstore.SignalPause)
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			timers := newFakeTimers()
+			s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc))
+			bus := s.AddSource("bus", controlstore.SourceBus)
+			gw := s.AddSource("gateway", controlstore.SourceGateway)
+			gw.Start()
+			gw.SetLive(true)
+			bus.Start() // catching up, never live here
+			for _, sig := range []controlstore.Signal{controlstore.SignalPause, controlstore.SignalResume} {
+				if err := gw.Apply(controlstore.GlobalOpID, sig); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := c.pause(s, bus); err != nil {
+				t.Fatal(err)
+			}
+			timers.FireAll()
+			if got := s.State(controlstore.GlobalOpID); got != controlstore.Paused {
+				t.Fatalf("global scope = %v after a newer PAUSE, want paused: the settling RESUME released it", got)
+			}
+		})
+	}
+}
+
+// Found in review: a bus source that starts afresh (new halts only) has
+// said nothing yet, whatever an earlier bus source said: it must not
+// re-assert that stale view over the gateway's newer RESUME.
+func TestNewBusSourceHasNoView(t *testing.T) {
+	timers := newFakeTimers()
+	s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc))
+	gw := s.AddSource("gateway", controlstore.SourceGateway)
+	gw.Start()
+	gw.SetLive(true)
+	a := s.AddSource("bus-a", controlstore.SourceBus)
+	a.Start()
+	a.SetLive(true)
+	if err := a.Apply(controlstore.GlobalOpID, controlstore.SignalPause); err != nil {
+		t.Fatal(err)
+	}
+	a.Stop()
+	if err := gw.Apply(controlstore.GlobalOpID, controlstore.SignalResume); err != nil { // the operator resumes; bus-a is gone
+		t.Fatal(err)
+	}
+	timers.FireAll()
+	b := s.AddSource("bus-b", controlstore.SourceBus)
+	b.Start()
+	b.SetLive(true)
+	if got := s.State(controlstore.GlobalOpID); got != controlstore.Running {
+		t.Fatalf("global scope = %v after a new bus source went live with nothing to say, want running", got)
+	}
+}
+
+// The settle counters: a window opens once however many RESUMEs join it,
+// and ends cancelled, superseded or applied; Applied counts only changes.
+func TestSettleCounters(t *testing.T) {
+	timers := newFakeTimers()
+	s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc))
+	bus := s.AddSource("bus", controlstore.SourceBus)
+	gw := s.AddSource("gateway", controlstore.SourceGateway)
+	gw.Start()
+	gw.SetLive(true)
+	bus.Start()
+	bus.SetLive(true) // live, silent on every scope
+	apply := func(src *controlstore.Source, sig controlstore.Signal) {
+		t.Helper()
+		if err := src.Apply(controlstore.GlobalOpID, sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(gw, controlstore.SignalPause)
+	apply(gw, controlstore.SignalResume)
+	apply(gw, controlstore.SignalResume)  // joins the open window
+	apply(bus, controlstore.SignalResume) // the bus speaks: the window is cancelled
+	st := s.Stats()
+	if st.Settled != 1 || st.SettleCancelled != 1 {
+		t.Fatalf("Settled, SettleCancelled = %d, %d; want 1, 1", st.Settled, st.SettleCancelled)
+	}
+	if got := s.State(controlstore.GlobalOpID); got != controlstore.Running {
+		t.Fatalf("global scope = %v after the bus's RESUME, want running", got)
+	}
+
+	// A settle due after a terminate changes nothing, and is not counted
+	// as applied.
+	s2 := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc))
+	gw2 := s2.AddSource("gateway", controlstore.SourceGateway)
+	gw2.Start()
+	gw2.SetLive(true)
+	for _, sig := range []controlstore.Signal{controlstore.SignalPause, controlstore.SignalResume} {
+		if err := gw2.Apply(controlstore.GlobalOpID, sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s2.Apply(controlstore.AgentOpIDPrefix+agentID, controlstore.SignalTerminate); err != nil {
+		t.Fatal(err)
+	}
+	before := s2.Stats().Applied
+	timers.FireAll()
+	if got := s2.State(controlstore.GlobalOpID); got != controlstore.Running {
+		t.Fatalf("global scope = %v, want running once settled", got)
+	}
+	if a := s2.Stats().Applied; a != before+1 {
+		t.Fatalf("Applied %d -> %d for one settled change", before, a)
+	}
+
+	// A bus going live re-asserts its view; on a terminated scope that
+	// changes nothing, and is not counted as applied.
+	apply(bus, controlstore.SignalPause)
+	bus.SetLive(false)
+	apply(gw, controlstore.SignalTerminate)
+	before = s.Stats().Applied
+	bus.SetLive(true)
+	if a := s.Stats().Applied; a != before {
+		t.Fatalf("Applied %d -> %d when the bus's view met a terminated scope", before, a)
+	}
+}

@@ -56,13 +56,19 @@ func (k SourceKind) String() string {
 //     (counted in Stats.Superseded). The bus carries every such halt, in
 //     publish order, while the gateway's copy may arrive late, twice, or
 //     replayed. For a scope the bus has not spoken of (it starts with new
-//     halts only), the gateway's copies apply.
+//     halts only, and the first bus source to Start has said nothing), the
+//     gateway's copies apply. A bus that detects it lost halts (retention
+//     expired while it was away) still re-asserts its last view when it
+//     goes live: the safe side when that view is a pause, which an
+//     operator then re-issues a resume to lift.
 //   - Where a gateway's copy applies, its RESUME of a paused agent or
 //     global scope settles first (WithResumeSettle, one second by default;
-//     Stats.Settled): a PAUSE or TERMINATE of the scope within the window
-//     cancels it, so that a replayed PAUSE, RESUME, PAUSE never lets held
-//     calls run in between. Releasing late is the safe side; a PAUSE
-//     applies at once.
+//     Stats.Settled): a newer PAUSE or TERMINATE of the scope from any
+//     source within the window cancels it, so that a replayed PAUSE,
+//     RESUME, PAUSE does not let held calls run in between, provided the
+//     replay's last PAUSE arrives within the window (a stream that ends,
+//     or lags, mid-replay can still lose it). Releasing late is the safe
+//     side; a PAUSE applies at once.
 //   - Per-op signals apply from any source, at once, last one wins (only
 //     the gateway carries them, and it does not replay them).
 //
@@ -165,6 +171,12 @@ func (src *Source) Start() {
 	src.running, src.live, src.since = true, false, s.now()
 	if k.running == 0 && k.live == 0 {
 		k.downSince = src.since
+	}
+	if src.kind == SourceBus && k.running == 0 {
+		// The first bus source to run has said nothing yet: a view left
+		// by a bus source that stopped is no newer than what the
+		// gateway delivered since, and must not be re-asserted.
+		s.busView = [2]Signal{}
 	}
 	k.running++
 	s.rearmKind(src.kind)
@@ -401,6 +413,11 @@ func (s *Store) reconcileLocked(src *Source, scope *entry, sig Signal) bool {
 	case SourceBus:
 		s.busView[i] = sig
 		if !src.live {
+			// Deferred, but the newer word: a gateway RESUME settling
+			// for the scope must not release it meanwhile.
+			if sig == SignalPause {
+				s.cancelSettleLocked(i)
+			}
 			s.stats.Deferred++
 			return false
 		}
@@ -439,16 +456,18 @@ type settleTimer struct {
 }
 
 // settleLocked (re)starts the settle window of a gateway RESUME of
-// reserved scope i: a repeated RESUME restarts it, so that it ends a full
-// window after the last one. Under mu.
+// reserved scope i: a repeated RESUME joins the open window and restarts
+// it, so that it ends a full window after the last one. Each window ends
+// exactly once: cancelled, superseded or applied. Under mu.
 func (s *Store) settleLocked(i int) {
 	st := &s.settle[i]
 	if st.stop != nil {
 		st.stop()
+	} else {
+		s.stats.Settled++
 	}
 	st.gen++
 	gen := st.gen
-	s.stats.Settled++
 	st.stop = s.afterFunc(s.resumeSettle, func() { s.settleDue(i, gen) })
 }
 
@@ -480,14 +499,19 @@ func (s *Store) settleDue(i int, gen uint64) {
 		s.mu.Unlock()
 		return
 	}
-	s.changeScopeLocked(s.scopeAt(i), SignalResume)
+	changed := s.changeScopeLocked(s.scopeAt(i), SignalResume)
 	s.mu.Unlock()
-	s.metrics.apply(SignalResume)
+	if changed {
+		s.metrics.apply(SignalResume)
+	}
 }
 
-// changeScopeLocked moves a reserved scope by sig inside a version bump.
-// Under mu.
-func (s *Store) changeScopeLocked(scope *entry, sig Signal) {
+// changeScopeLocked moves a reserved scope by sig inside a version bump,
+// and reports whether it changed (a terminated scope never does). Under mu.
+func (s *Store) changeScopeLocked(scope *entry, sig Signal) bool {
+	if cur := State(scope.state.Load()); cur == Terminated || cur == target(sig) {
+		return false
+	}
 	s.version.Add(1)
 	// Arm before the state changes; rearm settles it (see apply).
 	s.armed.Store(true)
@@ -495,6 +519,7 @@ func (s *Store) changeScopeLocked(scope *entry, sig Signal) {
 	s.rearm()
 	s.version.Add(1)
 	s.stats.Applied++
+	return true
 }
 
 // busLiveLocked runs when a bus source goes live: the bus's view of each
@@ -509,9 +534,7 @@ func (s *Store) busLiveLocked() {
 			continue
 		}
 		s.cancelSettleLocked(i)
-		if scope := s.scopeAt(i); State(scope.state.Load()) != target(sig) {
-			s.changeScopeLocked(scope, sig)
-		}
+		s.changeScopeLocked(s.scopeAt(i), sig)
 	}
 }
 
