@@ -18,6 +18,7 @@ type options struct {
 	now               func() time.Time
 	logger            *slog.Logger
 	resumeSettle      time.Duration
+	busGrace          time.Duration
 	afterFunc         func(time.Duration, func()) func() bool
 }
 
@@ -42,6 +43,9 @@ func (o *options) validate() error {
 	}
 	if o.resumeSettle < 0 || o.resumeSettle > MaxResumeSettle {
 		return fmt.Errorf("controlstore: WithResumeSettle(%v) is out of range [0, %v]", o.resumeSettle, MaxResumeSettle)
+	}
+	if o.busGrace < 0 || o.busGrace > MaxBusGrace {
+		return fmt.Errorf("controlstore: WithBusGrace(%v) is out of range [0, %v]", o.busGrace, MaxBusGrace)
 	}
 	if o.now == nil {
 		o.now = time.Now
@@ -102,3 +106,24 @@ func WithResumeSettle(d time.Duration) Option {
 
 // afterFunc is time.AfterFunc, returning its Stop.
 func afterFunc(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
+
+// DefaultBusGrace is how long a gateway's RESUME waits for a recovering
+// bus source when WithBusGrace is not given.
+const DefaultBusGrace = 30 * time.Second
+
+// MaxBusGrace is the longest grace WithBusGrace accepts.
+const MaxBusGrace = 10 * time.Minute
+
+// WithBusGrace sets how long a gateway's RESUME of a paused agent or
+// global scope waits, beyond its settle window, while a bus source is
+// running but not live (default DefaultBusGrace), counted from when the
+// bus last stopped being live. In a deployment with a bus, every agent and
+// global halt the gateway delivers came through that bus, so the bus,
+// once back, delivers the operator's last word; meanwhile the gateway's
+// copy may be a replay whose later PAUSE was lost. Past the grace the
+// gateway's RESUME applies, so that a bus that stays down cannot leave a
+// scope paused for ever. 0 does not wait. New refuses d outside
+// [0, MaxBusGrace].
+func WithBusGrace(d time.Duration) Option {
+	return func(o *options) { o.busGrace = d }
+}

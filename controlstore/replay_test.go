@@ -3,6 +3,7 @@ package controlstore_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,43 +16,30 @@ import (
 // old agent and global halts again, in order, at any time. These tests are
 // the two ways such a replay broke the two-source rules.
 
+const (
+	global = controlstore.GlobalOpID
+	pause  = controlstore.SignalPause
+	resume = controlstore.SignalResume
+)
+
 // Stuck paused: a replay of PAUSE then RESUME straddles the bus source
 // going live. The bus has delivered nothing for the scope (it starts at
 // "new halts only"), so it has no view to restore; ignoring the gateway's
 // RESUME then left the scope paused for good, although the operator's last
 // word was resume.
 func TestReplayStraddlingBusLiveDoesNotStickPaused(t *testing.T) {
-	timers := newFakeTimers()
-	s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc))
-	bus := s.AddSource("bus", controlstore.SourceBus)
-	gw := s.AddSource("gateway", controlstore.SourceGateway)
-	bus.Start()
-	gw.Start()
-	gw.SetLive(true)
-
-	if err := gw.Apply(controlstore.GlobalOpID, controlstore.SignalPause); err != nil { // replayed, old
-		t.Fatal(err)
-	}
-	bus.SetLive(true)                                                                    // caught up, with nothing for the scope
-	if err := gw.Apply(controlstore.GlobalOpID, controlstore.SignalResume); err != nil { // replayed, the last word
-		t.Fatal(err)
-	}
-	timers.FireAll()
-	if got := s.State(controlstore.GlobalOpID); got != controlstore.Running {
-		t.Fatalf("global scope = %v after the replay ended in RESUME, want running: the bus had no word on it", got)
-	}
+	r := newRig(t)
+	apply(t, r.gw, global, pause)  // replayed, old
+	r.bus.SetLive(true)            // caught up, with nothing for the scope
+	apply(t, r.gw, global, resume) // replayed, the last word
+	r.timers.FireAll()
+	wantState(t, r.s, global, controlstore.Running, "the replay ended in RESUME, and the bus had no word on the scope")
 	// Once the bus has spoken for the scope, the gateway's copies are
 	// ignored again.
-	if err := bus.Apply(controlstore.GlobalOpID, controlstore.SignalPause); err != nil {
-		t.Fatal(err)
-	}
-	if err := gw.Apply(controlstore.GlobalOpID, controlstore.SignalResume); err != nil {
-		t.Fatal(err)
-	}
-	timers.FireAll()
-	if got := s.State(controlstore.GlobalOpID); got != controlstore.Paused {
-		t.Fatalf("global scope = %v, want the bus's paused", got)
-	}
+	apply(t, r.bus, global, pause)
+	apply(t, r.gw, global, resume)
+	r.timers.FireAll()
+	wantState(t, r.s, global, controlstore.Paused, "the bus spoke last")
 }
 
 // Spurious resume: while no bus source is live, a replayed window P, R, P
@@ -67,18 +55,17 @@ func TestReplayedResumeDoesNotReleaseHeldCalls(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			timers := newFakeTimers()
-			s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc))
+			// The settle alone: no grace for the bus (see
+			// TestGatewayResumeWaitsForARecoveringBus).
+			s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc), controlstore.WithBusGrace(0))
 			if withBus {
-				bus := s.AddSource("bus", controlstore.SourceBus)
-				bus.Start() // and never live
+				s.AddSource("bus", controlstore.SourceBus).Start() // and never live
 			}
 			gw := s.AddSource("gateway", controlstore.SourceGateway)
 			gw.Start()
 			gw.SetLive(true)
 			agentHalt := controlstore.AgentOpIDPrefix + agentID
-			if err := gw.Apply(agentHalt, controlstore.SignalPause); err != nil {
-				t.Fatal(err)
-			}
+			apply(t, gw, agentHalt, pause)
 			o, _ := op(1)
 			held := make(chan error, 1)
 			ctx, cancel := context.WithCancel(context.Background())
@@ -86,10 +73,8 @@ func TestReplayedResumeDoesNotReleaseHeldCalls(t *testing.T) {
 			go func() { held <- s.Wait(ctx, o) }()
 			testutil.Eventually(t, 10*time.Second, func() bool { return s.Held() == 1 }, "the call is not held")
 
-			for _, sig := range []controlstore.Signal{controlstore.SignalPause, controlstore.SignalResume, controlstore.SignalPause} {
-				if err := gw.Apply(agentHalt, sig); err != nil {
-					t.Fatal(err)
-				}
+			for _, sig := range []controlstore.Signal{pause, resume, pause} {
+				apply(t, gw, agentHalt, sig)
 				if err := s.Check(o); !errors.Is(err, controlstore.ErrPaused) {
 					t.Fatalf("replayed %v: Check = %v, want paused throughout", sig, err)
 				}
@@ -100,21 +85,20 @@ func TestReplayedResumeDoesNotReleaseHeldCalls(t *testing.T) {
 				t.Fatalf("held call returned %v during a replay that ended in PAUSE", err)
 			default:
 			}
-			if got := s.State(agentHalt); got != controlstore.Paused {
-				t.Fatalf("agent scope = %v, want paused", got)
-			}
+			wantState(t, s, agentHalt, controlstore.Paused, "the replay ended in PAUSE")
 
 			// A resume that is not followed by a pause applies once it
 			// has settled.
-			if err := gw.Apply(agentHalt, controlstore.SignalResume); err != nil {
-				t.Fatal(err)
-			}
-			if got := s.State(agentHalt); got != controlstore.Paused {
-				t.Fatalf("agent scope = %v before the resume settled, want paused", got)
-			}
+			apply(t, gw, agentHalt, resume)
+			wantState(t, s, agentHalt, controlstore.Paused, "before the resume settled")
 			timers.FireAll()
-			if err := <-held; err != nil {
-				t.Fatalf("held call after the resume settled: %v", err)
+			select {
+			case err := <-held:
+				if err != nil {
+					t.Fatalf("held call after the resume settled: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("held call still held 10s after the resume settled")
 			}
 			if st := s.Stats(); st.Settled != 2 || st.SettleCancelled != 1 {
 				t.Fatalf("Settled, SettleCancelled = %d, %d; want 2, 1", st.Settled, st.SettleCancelled)
@@ -179,35 +163,19 @@ func TestResumeSettleOutOfRange(t *testing.T) {
 func TestSettleCancelledByEveryNewerPause(t *testing.T) {
 	for _, c := range []struct {
 		name  string
-		pause func(s *controlstore.Store, bus *controlstore.Source) error
+		pause func(r *rig) error
 	}{
-		{"bus catching up", func(_ *controlstore.Store, bus *controlstore.Source) error {
-			return bus.Apply(controlstore.GlobalOpID, controlstore.SignalPause)
-		}},
-		{"Store.Apply", func(s *controlstore.Store, _ *controlstore.Source) error {
-			return s.Apply(controlstore.GlobalOpID, controlstore.SignalPause)
-		}},
+		{"bus catching up", func(r *rig) error { return r.bus.Apply(global, pause) }},
+		{"Store.Apply", func(r *rig) error { return r.s.Apply(global, pause) }},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			timers := newFakeTimers()
-			s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc))
-			bus := s.AddSource("bus", controlstore.SourceBus)
-			gw := s.AddSource("gateway", controlstore.SourceGateway)
-			gw.Start()
-			gw.SetLive(true)
-			bus.Start() // catching up, never live here
-			for _, sig := range []controlstore.Signal{controlstore.SignalPause, controlstore.SignalResume} {
-				if err := gw.Apply(controlstore.GlobalOpID, sig); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := c.pause(s, bus); err != nil {
+			r := newRig(t) // the bus catching up, never live here
+			apply(t, r.gw, global, pause, resume)
+			if err := c.pause(r); err != nil {
 				t.Fatal(err)
 			}
-			timers.FireAll()
-			if got := s.State(controlstore.GlobalOpID); got != controlstore.Paused {
-				t.Fatalf("global scope = %v after a newer PAUSE, want paused: the settling RESUME released it", got)
-			}
+			r.timers.FireAll()
+			wantState(t, r.s, global, controlstore.Paused, "a newer PAUSE arrived while the RESUME settled")
 		})
 	}
 }
@@ -216,90 +184,108 @@ func TestSettleCancelledByEveryNewerPause(t *testing.T) {
 // said nothing yet, whatever an earlier bus source said: it must not
 // re-assert that stale view over the gateway's newer RESUME.
 func TestNewBusSourceHasNoView(t *testing.T) {
-	timers := newFakeTimers()
-	s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc))
-	gw := s.AddSource("gateway", controlstore.SourceGateway)
-	gw.Start()
-	gw.SetLive(true)
-	a := s.AddSource("bus-a", controlstore.SourceBus)
-	a.Start()
-	a.SetLive(true)
-	if err := a.Apply(controlstore.GlobalOpID, controlstore.SignalPause); err != nil {
-		t.Fatal(err)
-	}
-	a.Stop()
-	if err := gw.Apply(controlstore.GlobalOpID, controlstore.SignalResume); err != nil { // the operator resumes; bus-a is gone
-		t.Fatal(err)
-	}
-	timers.FireAll()
-	b := s.AddSource("bus-b", controlstore.SourceBus)
+	r := newRig(t)
+	r.bus.SetLive(true)
+	apply(t, r.bus, global, pause)
+	r.bus.Stop()
+	apply(t, r.gw, global, resume) // the operator resumes; the bus source is gone
+	r.timers.FireAll()
+	b := r.s.AddSource("bus-b", controlstore.SourceBus)
 	b.Start()
 	b.SetLive(true)
-	if got := s.State(controlstore.GlobalOpID); got != controlstore.Running {
-		t.Fatalf("global scope = %v after a new bus source went live with nothing to say, want running", got)
-	}
+	wantState(t, r.s, global, controlstore.Running, "a new bus source went live with nothing to say")
 }
 
 // The settle counters: a window opens once however many RESUMEs join it,
 // and ends cancelled, superseded or applied; Applied counts only changes.
 func TestSettleCounters(t *testing.T) {
-	timers := newFakeTimers()
-	s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc))
-	bus := s.AddSource("bus", controlstore.SourceBus)
-	gw := s.AddSource("gateway", controlstore.SourceGateway)
-	gw.Start()
-	gw.SetLive(true)
-	bus.Start()
-	bus.SetLive(true) // live, silent on every scope
-	apply := func(src *controlstore.Source, sig controlstore.Signal) {
-		t.Helper()
-		if err := src.Apply(controlstore.GlobalOpID, sig); err != nil {
-			t.Fatal(err)
-		}
-	}
-	apply(gw, controlstore.SignalPause)
-	apply(gw, controlstore.SignalResume)
-	apply(gw, controlstore.SignalResume)  // joins the open window
-	apply(bus, controlstore.SignalResume) // the bus speaks: the window is cancelled
-	st := s.Stats()
-	if st.Settled != 1 || st.SettleCancelled != 1 {
+	r := newRig(t)
+	r.bus.SetLive(true)                           // live, silent on every scope
+	apply(t, r.gw, global, pause, resume, resume) // the second RESUME joins the open window
+	apply(t, r.bus, global, resume)               // the bus speaks: the window is cancelled
+	if st := r.s.Stats(); st.Settled != 1 || st.SettleCancelled != 1 {
 		t.Fatalf("Settled, SettleCancelled = %d, %d; want 1, 1", st.Settled, st.SettleCancelled)
 	}
-	if got := s.State(controlstore.GlobalOpID); got != controlstore.Running {
-		t.Fatalf("global scope = %v after the bus's RESUME, want running", got)
-	}
+	wantState(t, r.s, global, controlstore.Running, "the bus's RESUME")
 
-	// A settle due after a terminate changes nothing, and is not counted
-	// as applied.
-	s2 := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc))
-	gw2 := s2.AddSource("gateway", controlstore.SourceGateway)
-	gw2.Start()
-	gw2.SetLive(true)
-	for _, sig := range []controlstore.Signal{controlstore.SignalPause, controlstore.SignalResume} {
-		if err := gw2.Apply(controlstore.GlobalOpID, sig); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s2.Apply(controlstore.AgentOpIDPrefix+agentID, controlstore.SignalTerminate); err != nil {
+	// A settle due after a terminate of another scope applies, and counts.
+	r2 := newRig(t)
+	r2.bus.SetLive(true) // live, silent
+	apply(t, r2.gw, global, pause, resume)
+	if err := r2.s.Apply(controlstore.AgentOpIDPrefix+agentID, controlstore.SignalTerminate); err != nil {
 		t.Fatal(err)
 	}
-	before := s2.Stats().Applied
-	timers.FireAll()
-	if got := s2.State(controlstore.GlobalOpID); got != controlstore.Running {
-		t.Fatalf("global scope = %v, want running once settled", got)
-	}
-	if a := s2.Stats().Applied; a != before+1 {
+	before := r2.s.Stats().Applied
+	r2.timers.FireAll()
+	wantState(t, r2.s, global, controlstore.Running, "settled")
+	if a := r2.s.Stats().Applied; a != before+1 {
 		t.Fatalf("Applied %d -> %d for one settled change", before, a)
 	}
 
 	// A bus going live re-asserts its view; on a terminated scope that
 	// changes nothing, and is not counted as applied.
-	apply(bus, controlstore.SignalPause)
-	bus.SetLive(false)
-	apply(gw, controlstore.SignalTerminate)
-	before = s.Stats().Applied
-	bus.SetLive(true)
-	if a := s.Stats().Applied; a != before {
+	apply(t, r.bus, global, pause)
+	r.bus.SetLive(false)
+	apply(t, r.gw, global, controlstore.SignalTerminate)
+	before = r.s.Stats().Applied
+	r.bus.SetLive(true)
+	if a := r.s.Stats().Applied; a != before {
 		t.Fatalf("Applied %d -> %d when the bus's view met a terminated scope", before, a)
 	}
+}
+
+// Found by the durability soak: the gateway's bridge replays its whole
+// window when its own consumer is lost or NATS restarts, which is exactly
+// when the agent's bus source is down too; a replay longer than the
+// gateway's 256-envelope ring skips envelopes, so a replayed RESUME can
+// arrive without the PAUSE behind it, and the settle alone then releases
+// held calls. While a bus source is running but not live, a gateway RESUME
+// waits for it (up to WithBusGrace): the bus, back, says what is true.
+func TestGatewayResumeWaitsForARecoveringBus(t *testing.T) {
+	r := newRig(t)
+	r.bus.SetLive(true)
+	apply(t, r.bus, global, pause)
+	r.bus.SetLive(false)                  // the bus source reconnects
+	apply(t, r.gw, global, pause, resume) // a replay, whose last PAUSE the ring skipped
+	r.timers.FireAll()                    // the settle window passes
+	wantState(t, r.s, global, controlstore.Paused, "the settle passed while the bus recovers")
+	r.bus.SetLive(true) // back: nothing new, its view is pause
+	r.timers.FireAll()
+	wantState(t, r.s, global, controlstore.Paused, "the bus is back with its pause")
+
+	// A resume the operator really sent is on the bus too, and applies
+	// when the bus is back.
+	r.bus.SetLive(false)
+	apply(t, r.gw, global, resume)
+	r.timers.FireAll()
+	wantState(t, r.s, global, controlstore.Paused, "the bus recovers")
+	apply(t, r.bus, global, resume) // catching up
+	r.bus.SetLive(true)
+	wantState(t, r.s, global, controlstore.Running, "the bus caught up on the resume")
+}
+
+// A bus that stays down past the grace no longer holds the gateway's
+// RESUME back: the gateway alone brings the scope where the operator left
+// it (the rule must not leave it stuck paused when the bus misses its
+// tail).
+func TestGatewayResumeAppliesOnceTheBusGraceHasPassed(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	timers := newFakeTimers()
+	s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc), controlstore.WithClock(clock),
+		controlstore.WithBusGrace(30*time.Second))
+	bus := s.AddSource("bus", controlstore.SourceBus)
+	gw := s.AddSource("gateway", controlstore.SourceGateway)
+	gw.Start()
+	gw.SetLive(true)
+	bus.Start() // and never live
+	apply(t, gw, global, pause, resume)
+	timers.FireAll()
+	wantState(t, s, global, controlstore.Paused, "within the bus grace")
+	mu.Lock()
+	now = now.Add(31 * time.Second)
+	mu.Unlock()
+	timers.FireAll()
+	wantState(t, s, global, controlstore.Running, "the bus grace passed")
 }

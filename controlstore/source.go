@@ -460,15 +460,21 @@ type settleTimer struct {
 // it, so that it ends a full window after the last one. Each window ends
 // exactly once: cancelled, superseded or applied. Under mu.
 func (s *Store) settleLocked(i int) {
+	if s.settle[i].stop == nil {
+		s.stats.Settled++
+	}
+	s.armSettleLocked(i, s.resumeSettle)
+}
+
+// armSettleLocked makes the settle of reserved scope i due in d. Under mu.
+func (s *Store) armSettleLocked(i int, d time.Duration) {
 	st := &s.settle[i]
 	if st.stop != nil {
 		st.stop()
-	} else {
-		s.stats.Settled++
 	}
 	st.gen++
 	gen := st.gen
-	st.stop = s.afterFunc(s.resumeSettle, func() { s.settleDue(i, gen) })
+	st.stop = s.afterFunc(d, func() { s.settleDue(i, gen) })
 }
 
 // cancelSettleLocked drops a RESUME settling for reserved scope i, if any.
@@ -485,11 +491,18 @@ func (s *Store) cancelSettleLocked(i int) {
 }
 
 // settleDue applies a settled RESUME, by the rules as they stand when it
-// is due: the bus may have come to speak for the scope meanwhile.
+// is due: the bus may have come to speak for the scope meanwhile, or be
+// on its way back, in which case the RESUME waits for it (see
+// WithBusGrace).
 func (s *Store) settleDue(i int, gen uint64) {
 	s.mu.Lock()
 	st := &s.settle[i]
 	if st.gen != gen || st.stop == nil {
+		s.mu.Unlock()
+		return
+	}
+	if wait := s.busGraceLeftLocked(); wait > 0 {
+		s.armSettleLocked(i, wait)
 		s.mu.Unlock()
 		return
 	}
@@ -504,6 +517,18 @@ func (s *Store) settleDue(i int, gen uint64) {
 	if changed {
 		s.metrics.apply(SignalResume)
 	}
+}
+
+// busGraceLeftLocked is how much longer a gateway RESUME waits for a bus
+// source that is running but not live: WithBusGrace counted from when the
+// bus last stopped being live (or first started); 0 when no bus source is
+// running, one is live, or the grace has passed. Under mu.
+func (s *Store) busGraceLeftLocked() time.Duration {
+	k := &s.kinds[SourceBus]
+	if s.busGrace <= 0 || k.running == 0 || k.live > 0 {
+		return 0
+	}
+	return max(0, s.busGrace-s.now().Sub(k.downSince))
 }
 
 // changeScopeLocked moves a reserved scope by sig inside a version bump,
@@ -531,6 +556,11 @@ func (s *Store) changeScopeLocked(scope *entry, sig Signal) bool {
 func (s *Store) busLiveLocked() {
 	for i, sig := range s.busView {
 		if sig == SignalUnspecified {
+			// The bus has nothing to set against a gateway RESUME that
+			// waited for it: it settles from now.
+			if s.settle[i].stop != nil {
+				s.armSettleLocked(i, s.resumeSettle)
+			}
 			continue
 		}
 		s.cancelSettleLocked(i)

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opcontrol/opcontrol/controlstore"
 )
@@ -37,6 +38,7 @@ type twoSourceWorld struct {
 	rng    *rand.Rand
 	store  *controlstore.Store
 	timers *fakeTimers
+	now    time.Time // the store's clock: moves only when time passes
 	bus    *controlstore.Source
 	gw     *controlstore.Source
 
@@ -61,7 +63,8 @@ type twoSourceWorld struct {
 func newTwoSourceWorld(t *testing.T, seed uint64) *twoSourceWorld {
 	w := &twoSourceWorld{t: t, rng: rand.New(rand.NewPCG(seed, 7)), timers: newFakeTimers()}
 	w.lossless = seed%4 == 3
-	w.store = newStore(t, controlstore.WithAfterFunc(w.timers.AfterFunc))
+	w.now = time.Unix(1_000_000, 0)
+	w.store = newStore(t, controlstore.WithAfterFunc(w.timers.AfterFunc), controlstore.WithClock(func() time.Time { return w.now }))
 	w.ids = [2]string{controlstore.GlobalOpID, controlstore.AgentOpIDPrefix + agentID}
 	w.bus = w.store.AddSource("bus", controlstore.SourceBus)
 	w.gw = w.store.AddSource("gateway", controlstore.SourceGateway)
@@ -190,12 +193,19 @@ func (w *twoSourceWorld) checkScopes(when string, n int, scopes [2]bool) {
 }
 
 // timePasses ends every settle window, if the gateway has nothing in
-// flight.
-func (w *twoSourceWorld) timePasses() {
-	if len(w.gwQueue) == 0 {
-		if n := w.timers.FireAll(); n > 0 {
-			w.logf("time passes: %d settled", n)
-		}
+// flight; now and then so much time passes that a bus that is down is
+// past its grace.
+func (w *twoSourceWorld) timePasses(long bool) {
+	if len(w.gwQueue) != 0 {
+		return
+	}
+	d := controlstore.DefaultResumeSettle
+	if long {
+		d = controlstore.DefaultBusGrace + time.Second
+	}
+	w.now = w.now.Add(d)
+	if n := w.timers.FireAll(); n > 0 {
+		w.logf("%v pass: %d settles due", d, n)
 	}
 }
 
@@ -255,7 +265,7 @@ func (w *twoSourceWorld) step() {
 			w.logf("gateway replays #%d..", from)
 		}
 	default:
-		w.timePasses()
+		w.timePasses(w.rng.IntN(10) == 0)
 		byGateway = true
 	}
 	if w.busLive {
@@ -304,7 +314,7 @@ func TestTwoSourcesModel(t *testing.T) {
 			for len(w.gwQueue) > 0 {
 				w.gwDeliver(false)
 			}
-			w.timePasses()
+			w.timePasses(false)
 			w.check("lossless gateway, bus caught up, at the end", len(w.truth))
 		case seed%4 < 2:
 			// The bus comes back and catches up; the gateway may have
@@ -321,7 +331,7 @@ func TestTwoSourcesModel(t *testing.T) {
 					w.gwDeliver(false)
 				}
 			}
-			w.timePasses()
+			w.timePasses(false)
 			w.check("bus caught up at the end", len(w.truth))
 		default:
 			// The bus misses its tail: it stays down. The gateway, live,
@@ -344,7 +354,8 @@ func TestTwoSourcesModel(t *testing.T) {
 			for len(w.gwQueue) > 0 {
 				w.gwDeliver(false)
 			}
-			w.timePasses()
+			w.timePasses(true) // the bus is down past its grace
+			w.timePasses(false)
 			w.check("gateway alone at the end", len(w.truth))
 		}
 		if t.Failed() {
@@ -358,7 +369,7 @@ func TestTwoSourcesModel(t *testing.T) {
 // the bus's view wins when it goes live, even though it has nothing new.
 func TestTwoSourcesLateGatewayCopyIsUndoneByTheBus(t *testing.T) {
 	timers := newFakeTimers()
-	s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc))
+	s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc), controlstore.WithBusGrace(0)) // the bus stays away past its grace
 	bus := s.AddSource("bus", controlstore.SourceBus)
 	gw := s.AddSource("gateway", controlstore.SourceGateway)
 	bus.Start()

@@ -74,6 +74,7 @@ type Store struct {
 	busView           [2]Signal
 	settle            [2]settleTimer // a gateway RESUME settling, per reserved scope
 	resumeSettle      time.Duration
+	busGrace          time.Duration
 	afterFunc         func(time.Duration, func()) func() bool
 	failClosedChanged bool // to be logged by unlockAndLog
 	log               *slog.Logger
@@ -141,7 +142,7 @@ func New(agent Agent, opts ...Option) (*Store, error) {
 		}
 	}
 	o := options{
-		maxEntries: DefaultMaxEntries, terminatedHistory: DefaultTerminatedHistory, resumeSettle: DefaultResumeSettle,
+		maxEntries: DefaultMaxEntries, terminatedHistory: DefaultTerminatedHistory, resumeSettle: DefaultResumeSettle, busGrace: DefaultBusGrace,
 		now: time.Now, logger: slog.Default(), afterFunc: afterFunc,
 	}
 	for _, opt := range opts {
@@ -160,6 +161,7 @@ func New(agent Agent, opts ...Option) (*Store, error) {
 		now:          o.now,
 		log:          o.logger,
 		resumeSettle: o.resumeSettle,
+		busGrace:     o.busGrace,
 		afterFunc:    o.afterFunc,
 		scopesCh:     make(chan struct{}),
 		syncCh:       make(chan struct{}),

@@ -2,7 +2,10 @@ package controlstore_test
 
 import (
 	"sync"
+	"testing"
 	"time"
+
+	"github.com/opcontrol/opcontrol/controlstore"
 )
 
 // fakeTimers stands in for time.AfterFunc: nothing fires until the test
@@ -52,4 +55,41 @@ func (ft *fakeTimers) FireAll() int {
 		}
 	}
 	return n
+}
+
+// rig is a store on fake timers fed by a gateway source, running and
+// live, and a bus source, running but not yet live (catching up).
+type rig struct {
+	s       *controlstore.Store
+	timers  *fakeTimers
+	gw, bus *controlstore.Source
+}
+
+func newRig(t *testing.T) *rig {
+	r := &rig{timers: newFakeTimers()}
+	r.s = newStore(t, controlstore.WithAfterFunc(r.timers.AfterFunc))
+	r.bus = r.s.AddSource("bus", controlstore.SourceBus)
+	r.gw = r.s.AddSource("gateway", controlstore.SourceGateway)
+	r.gw.Start()
+	r.gw.SetLive(true)
+	r.bus.Start()
+	return r
+}
+
+// apply applies sigs to opID through src, in order.
+func apply(t *testing.T, src *controlstore.Source, opID string, sigs ...controlstore.Signal) {
+	t.Helper()
+	for _, sig := range sigs {
+		if err := src.Apply(opID, sig); err != nil {
+			t.Fatalf("%s.Apply(%s, %v): %v", src.Name(), opID, sig, err)
+		}
+	}
+}
+
+// wantState fails unless opID is in state want.
+func wantState(t *testing.T, s *controlstore.Store, opID string, want controlstore.State, when string) {
+	t.Helper()
+	if got := s.State(opID); got != want {
+		t.Fatalf("%s: %s is %v, want %v", when, opID, got, want)
+	}
 }

@@ -16,15 +16,16 @@ import (
 	"github.com/opcontrol/opcontrol/stream/gatewaytest"
 )
 
-// runStream runs a gateway stream subscriber of store through link.
-func runStream(t *testing.T, addr string, store *controlstore.Store) *stream.Subscriber {
+// runStream runs a gateway stream subscriber of store through link, with
+// opts after the test's own.
+func runStream(t *testing.T, addr string, store *controlstore.Store, opts ...stream.Option) *stream.Subscriber {
 	t.Helper()
 	cc, err := grpc.NewClient(addr, append(stream.GatewayDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cc.Close() })
-	sub := stream.NewSubscriber(cc, store, stream.WithCredentialToken("agent-token"), stream.WithLogger(nil))
+	sub := stream.NewSubscriber(cc, store, append([]stream.Option{stream.WithCredentialToken("agent-token"), stream.WithLogger(nil)}, opts...)...)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- sub.Run(ctx) }()
