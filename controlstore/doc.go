@@ -52,9 +52,10 @@
 // agent or global scope, a gateway stream's PAUSE/RESUME copies of it are
 // ignored; a bus catching up after an outage applies only the last halt of
 // each scope, when it goes live; and a gateway's RESUME of a paused agent or
-// global scope settles for WithResumeSettle before it applies, so that the
+// global scope settles for WithResumeSettle before it applies (and waits,
+// up to WithBusGrace, for a bus source that is reconnecting), so that the
 // gateway replaying a PAUSE, RESUME, PAUSE does not release held calls in
-// between when the replay arrives whole. See Source for the rules and why.
+// between. See Source for the rules and why.
 //
 // Failing closed is decided here too, per kind of source: with
 // FailClosedAfter(d), once no source of that kind has been live for d,

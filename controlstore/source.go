@@ -66,9 +66,17 @@ func (k SourceKind) String() string {
 //     Stats.Settled): a newer PAUSE or TERMINATE of the scope from any
 //     source within the window cancels it, so that a replayed PAUSE,
 //     RESUME, PAUSE does not let held calls run in between, provided the
-//     replay's last PAUSE arrives within the window (a stream that ends,
-//     or lags, mid-replay can still lose it). Releasing late is the safe
-//     side; a PAUSE applies at once.
+//     replay's last PAUSE arrives within the window. Releasing late is the
+//     safe side; a PAUSE applies at once.
+//   - While a bus source is running but not live, such a RESUME waits
+//     for it, up to WithBusGrace (30 s by default) from when the bus last
+//     stopped being live: the bridge replays its window exactly when the
+//     bus is in trouble (the agent's bus source is then usually
+//     reconnecting too), and a long replay overruns the gateway's
+//     256-envelope ring, so a replayed RESUME can arrive without the PAUSE
+//     behind it. The bus, back, delivers the operator's last word; a bus
+//     that stays away past the grace no longer holds the gateway's RESUME
+//     back, so the scope cannot stay paused for ever.
 //   - Per-op signals apply from any source, at once, last one wins (only
 //     the gateway carries them, and it does not replay them).
 //

@@ -41,9 +41,11 @@ import (
 //   - Effect: at every checkpoint (links restored, sources live) each
 //     reserved scope is where the operator's last halt left it, and a
 //     terminate stays terminated.
-//   - NoSpuriousRelease: a watcher samples both scopes continuously; a
-//     scope never goes from paused to running unless the operator's last
-//     word for it is resume, or a resume of it was published within the
+//   - NoSpuriousRelease: a watcher samples both scopes continuously and a
+//     probe call waits in the store as a held tool call does; a scope never
+//     goes from paused to running, nor does the probe go ahead, unless the
+//     operator's last word for it is resume (allowing observeSlack for the
+//     watcher's own timing), or a resume of it was published within the
 //     lag allowance (the settle window plus a second): an old resume
 //     replayed by the gateway's bridge must not release held calls.
 //
@@ -56,6 +58,11 @@ const (
 	// lagAllowance is how long after its publish a resume may still
 	// legitimately release a scope: delivery lag plus the settle window.
 	lagAllowance = durabilitySettle + time.Second
+	// observeSlack bounds how late a watcher may take the time of what it
+	// saw (a goroutine descheduled between the read and time.Now, under
+	// -race on a loaded 2-core machine): a release recorded at t happened
+	// in [t - observeSlack, t].
+	observeSlack = 50 * time.Millisecond
 )
 
 type faultKind int
@@ -420,23 +427,26 @@ func (w *durabilityWorld) checkpoint(after string) {
 }
 
 // releaseAllowed reports whether scope may have gone from paused to
-// running at t: the operator's last word for it before t is resume (or it
-// has none), or a resume of it was published within lagAllowance before t
-// (delivered late, in order). Under w.mu.
+// running at a moment recorded as t: the operator's last word for it at
+// some moment in [t - observeSlack, t] is resume (or it has none), or a
+// resume of it was published within lagAllowance before t (delivered late,
+// in order). Under w.mu.
 func (w *durabilityWorld) releaseAllowed(scope int, t time.Time) (bool, *publishRecord) {
-	var last, lastResume *publishRecord
+	var lastBefore, lastResume *publishRecord
 	for i := range w.published {
 		p := &w.published[i]
 		if p.scope != scope || p.at.After(t) {
 			continue
 		}
-		last = p
+		if !p.at.After(t.Add(-observeSlack)) {
+			lastBefore = p
+		}
 		if p.sig == controlstore.SignalResume {
 			lastResume = p
 		}
 	}
 	switch {
-	case last == nil || last.sig == controlstore.SignalResume:
+	case lastBefore == nil || lastBefore.sig == controlstore.SignalResume:
 		return true, lastResume
 	case lastResume != nil && t.Sub(lastResume.at) <= lagAllowance:
 		return true, lastResume
