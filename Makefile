@@ -99,7 +99,7 @@ vuln: ## govulncheck against an offline DB; fails only on reachable module vulns
 fuzz: ## run every Fuzz* target for FUZZTIME (default 10s)
 	FUZZTIME=$(FUZZTIME) PKGS="$(PKGS)" ./scripts/fuzz.sh
 
-soak: ## the robustness suite's long mode (minutes; see RELIABILITY.md)
+soak: ## the long runs: the robustness suite, then the durability suite (minutes; see RELIABILITY.md)
 	./scripts/soak.sh
 
 ci: ## everything CI runs, in CI's order
