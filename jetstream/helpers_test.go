@@ -9,6 +9,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
+	jsapi "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/opcontrol/opcontrol/controlstore"
 	"github.com/opcontrol/opcontrol/internal/testutil"
@@ -230,4 +231,36 @@ func ctxTimeout(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// beforeRunMargin is how far a halt meant to come "before Run" is put
+// before it on the server's clock. Run's start is placed on that clock at
+// most one stream-info round trip early (by design: never late, so a halt
+// published just before Run may be applied); the tests that a halt from
+// before Run is not applied wait until the server's clock is this far past
+// the halt. They fail falsely only if one stream-info round trip takes
+// longer than this.
+const beforeRunMargin = 250 * time.Millisecond
+
+// waitServerClockPast waits until the server's clock is beforeRunMargin
+// past the time it stored message seq.
+func waitServerClockPast(t testing.TB, pub *testPub, seq uint64) {
+	t.Helper()
+	ctx := ctxTimeout(t)
+	js, err := jsapi.New(pub.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, jetstream.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := st.GetMsg(ctx, seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, waitLong, func() bool {
+		info, err := st.Info(ctx)
+		return err == nil && info.TimeStamp.After(msg.Time.Add(beforeRunMargin))
+	}, "the server's clock past message %d by %v", seq, beforeRunMargin)
 }

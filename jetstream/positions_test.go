@@ -232,9 +232,11 @@ func TestUnreachableAtStart(t *testing.T) {
 	srv := startServer(t)
 	pub := publisher(t, srv)
 	ctx := ctxTimeout(t)
-	if _, err := pub.HaltAll(ctx, controlstore.SignalTerminate); err != nil { // before Run: not applied
+	seq, err := pub.HaltAll(ctx, controlstore.SignalTerminate) // before Run: not applied
+	if err != nil {
 		t.Fatal(err)
 	}
+	waitServerClockPast(t, pub, seq)
 	l := newLink(t, srv)
 	l.cut()
 	store := newStore(t)

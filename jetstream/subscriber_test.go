@@ -271,9 +271,11 @@ func TestRetainedBeforeRun(t *testing.T) {
 	if _, err := pub.HaltAll(ctx, controlstore.SignalTerminate); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pub.HaltAgent(ctx, agent, controlstore.SignalPause); err != nil {
+	seq, err := pub.HaltAgent(ctx, agent, controlstore.SignalPause)
+	if err != nil {
 		t.Fatal(err)
 	}
+	waitServerClockPast(t, pub, seq)
 
 	plain := newStore(t)
 	subPlain := newSubscriber(t, connect(t, srv.URL()), plain)
