@@ -48,14 +48,13 @@
 // Each feed of signals registers a Source (AddSource) and applies through
 // it, reporting whether it is live. The store reconciles several feeds in
 // one place: a terminate from any source applies at once; while a bus
-// source (SourceBus, durable and ordered) is live and has spoken for the
-// agent or global scope, a gateway stream's PAUSE/RESUME copies of it are
-// ignored; a bus catching up after an outage applies only the last halt of
-// each scope, when it goes live; and a gateway's RESUME of a paused agent or
-// global scope settles for WithResumeSettle before it applies (and waits,
-// up to WithBusGrace, for a bus source that is reconnecting), so that the
-// gateway replaying a PAUSE, RESUME, PAUSE does not release held calls in
-// between. See Source for the rules and why.
+// source (SourceBus, durable and ordered) runs, the agent and global
+// scopes follow it, and a gateway stream only bridges its outages (its
+// pause at once, its resume waiting for the bus, what the bus, back, does
+// not confirm undone); past WithBusGrace, or with no bus, the gateway's
+// word stands, its resumes settling for WithResumeSettle so that a
+// replayed PAUSE, RESUME, PAUSE does not release held calls in between.
+// See Source for the rules and why.
 //
 // Failing closed is decided here too, per kind of source: with
 // FailClosedAfter(d), once no source of that kind has been live for d,

@@ -95,8 +95,9 @@ const MaxResumeSettle = time.Minute
 
 // WithResumeSettle sets how long a RESUME of the agent or global scope
 // that a gateway source delivers waits before it applies (default
-// DefaultResumeSettle), so that a replayed PAUSE, RESUME, PAUSE does not
-// release held calls for the moment between (see Source). A newer PAUSE or
+// DefaultResumeSettle) where the gateway's word stands (no bus source,
+// or a bus outage past WithBusGrace), so that a replayed PAUSE, RESUME,
+// PAUSE does not release held calls for the moment between (see Source). A newer PAUSE or
 // TERMINATE of the scope within the window cancels it. 0 applies such a
 // RESUME at once. A longer window covers slower replays, and delays an
 // operator's resume that arrives through the gateway alone by as much. New refuses d outside [0, MaxResumeSettle].
@@ -114,16 +115,17 @@ const DefaultBusGrace = 30 * time.Second
 // MaxBusGrace is the longest grace WithBusGrace accepts.
 const MaxBusGrace = 10 * time.Minute
 
-// WithBusGrace sets how long a gateway's RESUME of a paused agent or
-// global scope waits, beyond its settle window, while a bus source is
-// running but not live (default DefaultBusGrace), counted from when the
-// bus last stopped being live. In a deployment with a bus, every agent and
-// global halt the gateway delivers came through that bus, so the bus,
-// once back, delivers the operator's last word; meanwhile the gateway's
-// copy may be a replay whose later PAUSE was lost. Past the grace the
-// gateway's RESUME applies, so that a bus that stays down cannot leave a
-// scope paused for ever. 0 does not wait. New refuses d outside
-// [0, MaxBusGrace].
+// WithBusGrace sets how long a bus outage (a bus source runs, none is
+// live) may last before the gateway's word on the agent and global scopes
+// stands on its own (default DefaultBusGrace). Within it, a gateway's
+// RESUME of those scopes waits for the bus, and what a gateway changes is
+// undone if the bus, back, has nothing for the scope (see Source): in a
+// deployment with a bus every agent and global halt comes through it,
+// while the gateway's copy may be a replay whose later PAUSE was lost.
+// Past it, the gateway's RESUMEs apply (after WithResumeSettle), so that a
+// bus that stays down cannot leave a scope paused for ever. The grace runs
+// on the store's timers, not on WithClock. 0 disables the wait. New
+// refuses d outside [0, MaxBusGrace].
 func WithBusGrace(d time.Duration) Option {
 	return func(o *options) { o.busGrace = d }
 }

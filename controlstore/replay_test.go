@@ -3,7 +3,6 @@ package controlstore_test
 import (
 	"context"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,13 +31,13 @@ func TestReplayStraddlingBusLiveDoesNotStickPaused(t *testing.T) {
 	apply(t, r.gw, global, pause)  // replayed, old
 	r.bus.SetLive(true)            // caught up, with nothing for the scope
 	apply(t, r.gw, global, resume) // replayed, the last word
-	r.timers.FireAll()
+	r.timers.PassSettle()
 	wantState(t, r.s, global, controlstore.Running, "the replay ended in RESUME, and the bus had no word on the scope")
 	// Once the bus has spoken for the scope, the gateway's copies are
 	// ignored again.
 	apply(t, r.bus, global, pause)
 	apply(t, r.gw, global, resume)
-	r.timers.FireAll()
+	r.timers.PassSettle()
 	wantState(t, r.s, global, controlstore.Paused, "the bus spoke last")
 }
 
@@ -79,7 +78,7 @@ func TestReplayedResumeDoesNotReleaseHeldCalls(t *testing.T) {
 					t.Fatalf("replayed %v: Check = %v, want paused throughout", sig, err)
 				}
 			}
-			timers.FireAll() // the settle window passes
+			timers.PassSettle() // the settle window passes
 			select {
 			case err := <-held:
 				t.Fatalf("held call returned %v during a replay that ended in PAUSE", err)
@@ -91,7 +90,7 @@ func TestReplayedResumeDoesNotReleaseHeldCalls(t *testing.T) {
 			// has settled.
 			apply(t, gw, agentHalt, resume)
 			wantState(t, s, agentHalt, controlstore.Paused, "before the resume settled")
-			timers.FireAll()
+			timers.PassSettle()
 			select {
 			case err := <-held:
 				if err != nil {
@@ -174,7 +173,7 @@ func TestSettleCancelledByEveryNewerPause(t *testing.T) {
 			if err := c.pause(r); err != nil {
 				t.Fatal(err)
 			}
-			r.timers.FireAll()
+			r.timers.PassSettle()
 			wantState(t, r.s, global, controlstore.Paused, "a newer PAUSE arrived while the RESUME settled")
 		})
 	}
@@ -189,36 +188,40 @@ func TestNewBusSourceHasNoView(t *testing.T) {
 	apply(t, r.bus, global, pause)
 	r.bus.Stop()
 	apply(t, r.gw, global, resume) // the operator resumes; the bus source is gone
-	r.timers.FireAll()
+	r.timers.PassSettle()
 	b := r.s.AddSource("bus-b", controlstore.SourceBus)
 	b.Start()
 	b.SetLive(true)
 	wantState(t, r.s, global, controlstore.Running, "a new bus source went live with nothing to say")
 }
 
-// The settle counters: a window opens once however many RESUMEs join it,
-// and ends cancelled, superseded or applied; Applied counts only changes.
+// The settle counters: a pending RESUME is counted once however many
+// RESUMEs join it, and ends cancelled (by a newer word, or dropped when
+// the bus comes back) or applied; Applied counts only changes.
 func TestSettleCounters(t *testing.T) {
-	r := newRig(t)
-	r.bus.SetLive(true)                           // live, silent on every scope
-	apply(t, r.gw, global, pause, resume, resume) // the second RESUME joins the open window
-	apply(t, r.bus, global, resume)               // the bus speaks: the window is cancelled
-	if st := r.s.Stats(); st.Settled != 1 || st.SettleCancelled != 1 {
-		t.Fatalf("Settled, SettleCancelled = %d, %d; want 1, 1", st.Settled, st.SettleCancelled)
+	r := newRig(t)                                // the bus down, within its grace
+	apply(t, r.gw, global, pause, resume, resume) // the second RESUME joins the pending one
+	apply(t, r.bus, global, resume)               // catching up: deferred
+	r.bus.SetLive(true)                           // the bus speaks: the pending RESUME is dropped
+	if st := r.s.Stats(); st.Settled != 1 || st.SettleCancelled != 1 || st.Deferred != 1 {
+		t.Fatalf("Settled, SettleCancelled, Deferred = %d, %d, %d; want 1, 1, 1", st.Settled, st.SettleCancelled, st.Deferred)
 	}
 	wantState(t, r.s, global, controlstore.Running, "the bus's RESUME")
 
 	// A settle due after a terminate of another scope applies, and counts.
-	r2 := newRig(t)
-	r2.bus.SetLive(true) // live, silent
-	apply(t, r2.gw, global, pause, resume)
-	if err := r2.s.Apply(controlstore.AgentOpIDPrefix+agentID, controlstore.SignalTerminate); err != nil {
+	timers := newFakeTimers()
+	s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc))
+	gw := s.AddSource("gateway", controlstore.SourceGateway)
+	gw.Start()
+	gw.SetLive(true)
+	apply(t, gw, global, pause, resume)
+	if err := s.Apply(controlstore.AgentOpIDPrefix+agentID, controlstore.SignalTerminate); err != nil {
 		t.Fatal(err)
 	}
-	before := r2.s.Stats().Applied
-	r2.timers.FireAll()
-	wantState(t, r2.s, global, controlstore.Running, "settled")
-	if a := r2.s.Stats().Applied; a != before+1 {
+	before := s.Stats().Applied
+	timers.PassSettle()
+	wantState(t, s, global, controlstore.Running, "settled")
+	if a := s.Stats().Applied; a != before+1 {
 		t.Fatalf("Applied %d -> %d for one settled change", before, a)
 	}
 
@@ -238,54 +241,93 @@ func TestSettleCounters(t *testing.T) {
 // window when its own consumer is lost or NATS restarts, which is exactly
 // when the agent's bus source is down too; a replay longer than the
 // gateway's 256-envelope ring skips envelopes, so a replayed RESUME can
-// arrive without the PAUSE behind it, and the settle alone then releases
-// held calls. While a bus source is running but not live, a gateway RESUME
-// waits for it (up to WithBusGrace): the bus, back, says what is true.
+// arrive without the PAUSE behind it, and the settle alone then released
+// held calls. During a bus outage within its grace, a gateway RESUME
+// waits for the bus, which, back, says what is true.
 func TestGatewayResumeWaitsForARecoveringBus(t *testing.T) {
 	r := newRig(t)
 	r.bus.SetLive(true)
 	apply(t, r.bus, global, pause)
 	r.bus.SetLive(false)                  // the bus source reconnects
 	apply(t, r.gw, global, pause, resume) // a replay, whose last PAUSE the ring skipped
-	r.timers.FireAll()                    // the settle window passes
-	wantState(t, r.s, global, controlstore.Paused, "the settle passed while the bus recovers")
+	r.timers.Pass(controlstore.DefaultBusGrace / 2)
+	wantState(t, r.s, global, controlstore.Paused, "the bus is recovering")
 	r.bus.SetLive(true) // back: nothing new, its view is pause
-	r.timers.FireAll()
+	r.timers.Pass(controlstore.DefaultBusGrace)
 	wantState(t, r.s, global, controlstore.Paused, "the bus is back with its pause")
 
 	// A resume the operator really sent is on the bus too, and applies
 	// when the bus is back.
 	r.bus.SetLive(false)
 	apply(t, r.gw, global, resume)
-	r.timers.FireAll()
+	r.timers.PassSettle()
 	wantState(t, r.s, global, controlstore.Paused, "the bus recovers")
 	apply(t, r.bus, global, resume) // catching up
 	r.bus.SetLive(true)
 	wantState(t, r.s, global, controlstore.Running, "the bus caught up on the resume")
 }
 
-// A bus that stays down past the grace no longer holds the gateway's
-// RESUME back: the gateway alone brings the scope where the operator left
-// it (the rule must not leave it stuck paused when the bus misses its
-// tail).
-func TestGatewayResumeAppliesOnceTheBusGraceHasPassed(t *testing.T) {
-	now := time.Unix(1_000_000, 0)
-	var mu sync.Mutex
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+// Found in review: a gateway PAUSE during a bus outage applies at once;
+// if the bus, back within its grace, has nothing for the scope, no halt of
+// it was published since the bus began: the PAUSE was a replay of an older
+// halt, and the scope returns to where it was. This is what keeps a
+// replayed PAUSE, RESUME from leaving the scope paused while the replay's
+// RESUME is (rightly) ignored.
+func TestGatewayChangesDuringAnOutageAreConfirmedOrUndoneByTheBus(t *testing.T) {
+	r := newRig(t)
+	r.bus.SetLive(true)
+	r.bus.SetLive(false)
+	apply(t, r.gw, global, pause)                               // replayed, old
+	apply(t, r.gw, controlstore.AgentOpIDPrefix+agentID, pause) // fresh, also on the bus
+	wantState(t, r.s, global, controlstore.Paused, "a gateway PAUSE during the outage applies at once")
+	apply(t, r.bus, controlstore.AgentOpIDPrefix+agentID, pause) // catching up
+	r.bus.SetLive(true)
+	wantState(t, r.s, global, controlstore.Running, "the bus had nothing for the global scope")
+	wantState(t, r.s, controlstore.AgentOpIDPrefix+agentID, controlstore.Paused, "the bus confirmed the agent pause")
+	if st := r.s.Stats(); st.Reverted != 1 {
+		t.Fatalf("Reverted = %d, want 1", st.Reverted)
+	}
+}
+
+// A bus that stays away past its grace no longer holds the gateway back:
+// the gateway alone brings the scope where the operator left it (the rule
+// must not leave it stuck paused when the bus misses its tail), and what
+// it changed stands when the bus returns (the bus may have lost halts to
+// its retention meanwhile). A flapping bus restarts the grace, but each
+// return settles what is pending.
+func TestGatewayWordStandsOnceTheBusGraceHasPassed(t *testing.T) {
+	r := newRig(t) // the bus started, never live yet
+	apply(t, r.gw, global, pause, resume)
+	r.timers.PassSettle()
+	wantState(t, r.s, global, controlstore.Paused, "within the bus grace")
+	r.timers.Pass(controlstore.DefaultBusGrace)
+	r.timers.PassSettle()
+	wantState(t, r.s, global, controlstore.Running, "the bus grace passed")
+	apply(t, r.gw, global, pause) // past the grace: final
+	r.bus.SetLive(true)           // back, nothing for the scope
+	wantState(t, r.s, global, controlstore.Paused, "a gateway PAUSE from past the grace stands")
+
+	// Stopping the last bus source releases what waited for it.
+	r2 := newRig(t)
+	apply(t, r2.gw, global, pause, resume)
+	r2.bus.Stop()
+	r2.timers.PassSettle()
+	wantState(t, r2.s, global, controlstore.Running, "no bus runs any more")
+}
+
+// With no settle window, a gateway RESUME during a bus outage still waits
+// for the bus.
+func TestResumeSettleZeroStillWaitsForTheBus(t *testing.T) {
 	timers := newFakeTimers()
-	s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc), controlstore.WithClock(clock),
-		controlstore.WithBusGrace(30*time.Second))
+	s := newStore(t, controlstore.WithAfterFunc(timers.AfterFunc), controlstore.WithResumeSettle(0))
 	bus := s.AddSource("bus", controlstore.SourceBus)
 	gw := s.AddSource("gateway", controlstore.SourceGateway)
 	gw.Start()
 	gw.SetLive(true)
-	bus.Start() // and never live
+	bus.Start()
 	apply(t, gw, global, pause, resume)
-	timers.FireAll()
-	wantState(t, s, global, controlstore.Paused, "within the bus grace")
-	mu.Lock()
-	now = now.Add(31 * time.Second)
-	mu.Unlock()
-	timers.FireAll()
-	wantState(t, s, global, controlstore.Running, "the bus grace passed")
+	timers.Pass(0)
+	wantState(t, s, global, controlstore.Paused, "settle 0, the bus recovering")
+	timers.Pass(controlstore.DefaultBusGrace)
+	wantState(t, s, global, controlstore.Running, "the grace passed")
 }

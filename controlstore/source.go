@@ -42,46 +42,50 @@ func (k SourceKind) String() string {
 //
 // Two sources can deliver the same halt, in different orders and with
 // different gaps, and a gateway's bridge replays the bus's retained window
-// to its streams whenever its own bus link reconnects. The store
-// reconciles them by these rules:
+// to its streams whenever its own bus link reconnects (a replay of more
+// than 256 halts also overruns the gateway's ring, which then skips some).
+// The store reconciles them by these rules, for the agent and global
+// scopes:
 //
 //   - A TERMINATE from any source applies at once, and is sticky.
+//   - While a bus source runs, the scopes follow the bus. A live bus
+//     source's PAUSE and RESUME apply at once; a gateway source's are
+//     ignored while a bus source is live (Stats.Superseded). The bus
+//     carries every such halt in publish order; the gateway's copy may
+//     arrive late, twice, replayed, or not at all.
 //   - A bus source catching up after an outage (started, not yet live)
-//     delivers old halts in order; of those, only the last PAUSE or RESUME
-//     of each scope counts, applied when the source goes live (counted in
-//     Stats.Deferred).
-//   - Once a live bus source has delivered a PAUSE or RESUME of the agent
-//     or global scope, the bus speaks for that scope: a gateway source's
-//     PAUSE and RESUME of it are ignored while a bus source is live
-//     (counted in Stats.Superseded). The bus carries every such halt, in
-//     publish order, while the gateway's copy may arrive late, twice, or
-//     replayed. For a scope the bus has not spoken of (it starts with new
-//     halts only, and the first bus source to Start has said nothing), the
-//     gateway's copies apply. A bus that detects it lost halts (retention
-//     expired while it was away) still re-asserts its last view when it
-//     goes live: the safe side when that view is a pause, which an
-//     operator then re-issues a resume to lift.
-//   - Where a gateway's copy applies, its RESUME of a paused agent or
-//     global scope settles first (WithResumeSettle, one second by default;
-//     Stats.Settled): a newer PAUSE or TERMINATE of the scope from any
-//     source within the window cancels it, so that a replayed PAUSE,
-//     RESUME, PAUSE does not let held calls run in between, provided the
-//     replay's last PAUSE arrives within the window. Releasing late is the
-//     safe side; a PAUSE applies at once.
-//   - While a bus source is running but not live, such a RESUME waits
-//     for it, up to WithBusGrace (30 s by default) from when the bus last
-//     stopped being live: the bridge replays its window exactly when the
-//     bus is in trouble (the agent's bus source is then usually
-//     reconnecting too), and a long replay overruns the gateway's
-//     256-envelope ring, so a replayed RESUME can arrive without the PAUSE
-//     behind it. The bus, back, delivers the operator's last word; a bus
-//     that stays away past the grace no longer holds the gateway's RESUME
-//     back, so the scope cannot stay paused for ever.
+//     delivers old halts in order; only the last PAUSE or RESUME of each
+//     scope counts, applied when the source goes live (Stats.Deferred).
+//   - During a bus outage (a bus source runs, none is live), the gateway
+//     bridges the gap: its PAUSE applies at once, and its RESUME of a
+//     paused scope waits for the bus. When a bus source goes live, what
+//     the bus has for a scope becomes the scope's state; a scope it has
+//     nothing for had no halt published since the bus began, so what the
+//     gateway changed in it during the outage was a replay of older halts
+//     and is undone (Stats.Reverted), and a RESUME still waiting is dropped.
+//   - A bus outage longer than WithBusGrace (30 s by default) ends the
+//     wait: the gateway's word stands from then on (what it changes is no
+//     longer undone, since the bus may lose halts to its retention), and
+//     its waiting RESUMEs settle. So does stopping the last bus source. A
+//     bus that stays away cannot leave a scope paused for ever.
+//   - Where the gateway's word stands (no bus source, or past the grace),
+//     its RESUME of a paused scope still settles first (WithResumeSettle,
+//     one second by default; Stats.Settled), and a newer PAUSE or
+//     TERMINATE of the scope from any source within the window cancels it,
+//     so that a replayed PAUSE, RESUME, PAUSE does not let held calls run
+//     in between, provided the replay's last PAUSE arrives within the
+//     window. Releasing late is the safe side; a PAUSE applies at once.
+//   - The first bus source to start has said nothing yet: the view of a
+//     bus source that stopped is never re-asserted. A bus that detects it
+//     lost halts (retention expired while it was away) still re-asserts its
+//     last view when it goes live: the safe side when that view is a pause,
+//     which an operator then re-issues a resume to lift.
 //   - Per-op signals apply from any source, at once, last one wins (only
 //     the gateway carries them, and it does not replay them).
 //
 // The rules assume what the real deployment does: when it has a bus, the
-// operator API publishes every agent and global halt on it.
+// operator API publishes every agent and global halt on it, and the
+// gateway's copies come through it.
 type Source struct {
 	s     *Store
 	name  string
@@ -187,6 +191,9 @@ func (src *Source) Start() {
 		s.busView = [2]Signal{}
 	}
 	k.running++
+	if src.kind == SourceBus && k.running == 1 && k.live == 0 {
+		s.busDownLocked()
+	}
 	s.rearmKind(src.kind)
 }
 
@@ -204,6 +211,9 @@ func (src *Source) Stop() {
 	src.setLiveLocked(false)
 	src.running = false
 	s.kinds[src.kind].running--
+	if src.kind == SourceBus && s.kinds[SourceBus].running == 0 {
+		s.busGoneLocked()
+	}
 	s.rearmKind(src.kind)
 }
 
@@ -231,13 +241,16 @@ func (src *Source) setLiveLocked(live bool) {
 		if k.live == 1 {
 			k.failed = false
 		}
-		if src.kind == SourceBus {
+		if src.kind == SourceBus && k.live == 1 {
 			s.busLiveLocked()
 		}
 	} else {
 		k.live--
 		if k.live == 0 {
 			k.downSince = src.since
+			if src.kind == SourceBus {
+				s.busDownLocked()
+			}
 		}
 	}
 	s.rearmKind(src.kind)
@@ -392,25 +405,7 @@ func (s *Store) failClosedReasonsLocked() []slog.Attr {
 }
 
 // reconcileLocked decides whether a signal for a reserved scope from src
-// applies now (true), by the rules in the Source documentation:
-//
-//   - A TERMINATE always applies now, and cancels a RESUME settling for the
-//     scope.
-//   - From a bus source, a PAUSE or RESUME records the bus's view of the
-//     scope; it applies now only if that source is live (caught up). A
-//     source catching up after an outage delivers old halts in order;
-//     applying them would take the scope back through states the operator
-//     has long left (a resume of a pause that has since been re-issued, for
-//     a moment), so only the last one counts, when the source goes live
-//     (see busLiveLocked).
-//   - From a gateway source, a PAUSE or RESUME is ignored while the bus
-//     speaks for the scope (busSpeaksLocked). Otherwise a PAUSE applies now
-//     and cancels a settling RESUME; a RESUME of a paused scope settles
-//     first (settleLocked), because the gateway's bridge replays its
-//     window, and a replayed PAUSE, RESUME, PAUSE must not release every
-//     held call for the moment between.
-//
-// Under mu.
+// applies now (true), by the rules in the Source documentation. Under mu.
 func (s *Store) reconcileLocked(src *Source, scope *entry, sig Signal) bool {
 	i := s.scopeIndex(scope)
 	if sig == SignalTerminate {
@@ -421,8 +416,8 @@ func (s *Store) reconcileLocked(src *Source, scope *entry, sig Signal) bool {
 	case SourceBus:
 		s.busView[i] = sig
 		if !src.live {
-			// Deferred, but the newer word: a gateway RESUME settling
-			// for the scope must not release it meanwhile.
+			// Deferred, but the newer word: a gateway RESUME waiting for
+			// the scope must not release it meanwhile.
 			if sig == SignalPause {
 				s.cancelSettleLocked(i)
 			}
@@ -430,16 +425,22 @@ func (s *Store) reconcileLocked(src *Source, scope *entry, sig Signal) bool {
 			return false
 		}
 		s.cancelSettleLocked(i) // the bus speaks for the scope now
+		return true
 	case SourceGateway:
-		if s.busSpeaksLocked(i) {
+		k := &s.kinds[SourceBus]
+		if k.live > 0 {
 			s.stats.Superseded++
 			return false
 		}
 		if sig == SignalPause {
 			s.cancelSettleLocked(i)
+			s.notePriorLocked(i)
 			return true
 		}
-		if s.resumeSettle > 0 && State(scope.state.Load()) == Paused {
+		if State(scope.state.Load()) != Paused {
+			return true // changes nothing
+		}
+		if s.resumeSettle > 0 || s.busWaitingLocked() {
 			s.settleLocked(i)
 			return false
 		}
@@ -447,34 +448,107 @@ func (s *Store) reconcileLocked(src *Source, scope *entry, sig Signal) bool {
 	return true
 }
 
-// busSpeaksLocked reports whether the bus's word on reserved scope i
-// outranks a gateway's: a bus source is live and has delivered a PAUSE or
-// RESUME of the scope since it began. A bus that has said nothing of the
-// scope (it starts with new halts only) has nothing to set against an older
-// halt the gateway replays, so the gateway's copy stands. Under mu.
-func (s *Store) busSpeaksLocked(i int) bool {
-	return s.kinds[SourceBus].live > 0 && s.busView[i] != SignalUnspecified
+// notePriorLocked records, before a gateway changes reserved scope i
+// during a bus outage within its grace, the scope's state, once per
+// outage: if the bus, back within its grace, has nothing for the scope, no
+// halt of it was published since the bus began, so the gateway's changes
+// were replays of older halts, and the scope returns to this state (see
+// busLiveLocked). Under mu.
+func (s *Store) notePriorLocked(i int) {
+	if !s.busWaitingLocked() || s.gwPrior[i].set {
+		return
+	}
+	s.gwPrior[i] = priorState{set: true, state: State(s.scopeAt(i).state.Load())}
+}
+
+// priorState is a reserved scope's state before a gateway changed it
+// during a bus outage.
+type priorState struct {
+	set   bool
+	state State
+}
+
+// busWaitingLocked reports whether a gateway RESUME waits for the bus: a
+// bus source is running, none is live, and the outage is within
+// WithBusGrace. Under mu.
+func (s *Store) busWaitingLocked() bool {
+	k := &s.kinds[SourceBus]
+	return s.busGrace > 0 && k.running > 0 && k.live == 0 && !s.busGraceOver
+}
+
+// busDownLocked runs when no bus source is live any more while one runs
+// (or the first one starts): the grace for gateway RESUMEs starts. Under mu.
+func (s *Store) busDownLocked() {
+	s.busGraceGen++
+	if s.busGraceStop != nil {
+		s.busGraceStop()
+		s.busGraceStop = nil
+	}
+	s.busGraceOver = s.busGrace <= 0
+	if s.busGraceOver {
+		return
+	}
+	gen := s.busGraceGen
+	s.busGraceStop = s.afterFunc(s.busGrace, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.busGraceGen != gen {
+			return
+		}
+		// The bus has missed its grace: the gateway's word stands (what
+		// it changed is no longer undone when the bus returns: the bus
+		// may have lost halts to its retention meanwhile), and the
+		// RESUMEs that waited for the bus settle now.
+		s.busGraceOver, s.busGraceStop = true, nil
+		s.gwPrior = [2]priorState{}
+		s.rearmWaitingLocked(0)
+	})
+}
+
+// busGoneLocked runs when no bus source runs any more: the gateway alone
+// decides, its changes are final, and the RESUMEs that waited for the bus
+// settle from now. Under mu.
+func (s *Store) busGoneLocked() {
+	s.busGraceGen++
+	if s.busGraceStop != nil {
+		s.busGraceStop()
+		s.busGraceStop = nil
+	}
+	s.gwPrior = [2]priorState{}
+	s.rearmWaitingLocked(s.resumeSettle)
+}
+
+// rearmWaitingLocked makes every pending settle due in d. Under mu.
+func (s *Store) rearmWaitingLocked(d time.Duration) {
+	for i := range s.settle {
+		if s.settle[i].pending {
+			s.armSettleLocked(i, d)
+		}
+	}
 }
 
 // settleTimer is a gateway RESUME of one reserved scope, waiting out the
-// settle window. Under mu.
+// settle window or a bus outage. Under mu.
 type settleTimer struct {
-	stop func() bool // nil: none pending
-	gen  uint64      // bumped whenever one is armed or cancelled; a stale timer does nothing
+	pending bool
+	stop    func() bool // its timer, if armed
+	gen     uint64      // bumped whenever it is armed or cancelled; a stale timer does nothing
 }
 
 // settleLocked (re)starts the settle window of a gateway RESUME of
-// reserved scope i: a repeated RESUME joins the open window and restarts
-// it, so that it ends a full window after the last one. Each window ends
-// exactly once: cancelled, superseded or applied. Under mu.
+// reserved scope i: a repeated RESUME joins the pending one and restarts
+// its window. Each pending RESUME ends exactly once: cancelled, dropped
+// when a bus source goes live, or applied. Under mu.
 func (s *Store) settleLocked(i int) {
-	if s.settle[i].stop == nil {
+	if !s.settle[i].pending {
 		s.stats.Settled++
+		s.settle[i].pending = true
 	}
 	s.armSettleLocked(i, s.resumeSettle)
 }
 
-// armSettleLocked makes the settle of reserved scope i due in d. Under mu.
+// armSettleLocked makes the pending settle of reserved scope i due in d.
+// Under mu.
 func (s *Store) armSettleLocked(i int, d time.Duration) {
 	st := &s.settle[i]
 	if st.stop != nil {
@@ -485,58 +559,41 @@ func (s *Store) armSettleLocked(i int, d time.Duration) {
 	st.stop = s.afterFunc(d, func() { s.settleDue(i, gen) })
 }
 
-// cancelSettleLocked drops a RESUME settling for reserved scope i, if any.
+// cancelSettleLocked drops a RESUME pending for reserved scope i, if any.
 // Under mu.
 func (s *Store) cancelSettleLocked(i int) {
 	st := &s.settle[i]
-	if st.stop == nil {
+	if !st.pending {
 		return
 	}
-	st.stop()
-	st.stop = nil
-	st.gen++
+	if st.stop != nil {
+		st.stop()
+	}
+	*st = settleTimer{gen: st.gen + 1}
 	s.stats.SettleCancelled++
 }
 
-// settleDue applies a settled RESUME, by the rules as they stand when it
-// is due: the bus may have come to speak for the scope meanwhile, or be
-// on its way back, in which case the RESUME waits for it (see
-// WithBusGrace).
+// settleDue applies a settled RESUME, unless it must wait on for a bus
+// outage (busDownLocked's grace timer, busGoneLocked or busLiveLocked
+// then decides).
 func (s *Store) settleDue(i int, gen uint64) {
 	s.mu.Lock()
 	st := &s.settle[i]
-	if st.gen != gen || st.stop == nil {
-		s.mu.Unlock()
-		return
-	}
-	if wait := s.busGraceLeftLocked(); wait > 0 {
-		s.armSettleLocked(i, wait)
+	if st.gen != gen || !st.pending {
 		s.mu.Unlock()
 		return
 	}
 	st.stop = nil
-	if s.busSpeaksLocked(i) {
-		s.stats.Superseded++
+	if s.busWaitingLocked() {
 		s.mu.Unlock()
 		return
 	}
+	st.pending = false
 	changed := s.changeScopeLocked(s.scopeAt(i), SignalResume)
 	s.mu.Unlock()
 	if changed {
 		s.metrics.apply(SignalResume)
 	}
-}
-
-// busGraceLeftLocked is how much longer a gateway RESUME waits for a bus
-// source that is running but not live: WithBusGrace counted from when the
-// bus last stopped being live (or first started); 0 when no bus source is
-// running, one is live, or the grace has passed. Under mu.
-func (s *Store) busGraceLeftLocked() time.Duration {
-	k := &s.kinds[SourceBus]
-	if s.busGrace <= 0 || k.running == 0 || k.live > 0 {
-		return 0
-	}
-	return max(0, s.busGrace-s.now().Sub(k.downSince))
 }
 
 // changeScopeLocked moves a reserved scope by sig inside a version bump,
@@ -555,24 +612,36 @@ func (s *Store) changeScopeLocked(scope *entry, sig Signal) bool {
 	return true
 }
 
-// busLiveLocked runs when a bus source goes live: the bus's view of each
-// reserved scope becomes the scope's state. That view is the last halt
-// published for the scope since the bus source began, so it is at least as
-// new as anything a gateway delivered meanwhile; and it undoes a gateway
-// copy that arrived late, after a newer halt the bus had already applied.
-// Under mu.
+// busLiveLocked runs when a bus source goes live. For each reserved scope,
+// a gateway RESUME still pending is dropped; then the bus's view, the last
+// halt published for the scope since the bus source began, becomes the
+// scope's state: it is at least as new as anything a gateway delivered
+// meanwhile. A scope the bus has nothing for had no halt published since
+// the bus began, so what the gateway changed during the outage was a
+// replay of older halts: the scope returns to its state from before
+// (counted in Stats.Reverted). Under mu.
 func (s *Store) busLiveLocked() {
+	s.busGraceGen++
+	if s.busGraceStop != nil {
+		s.busGraceStop()
+		s.busGraceStop = nil
+	}
 	for i, sig := range s.busView {
-		if sig == SignalUnspecified {
-			// The bus has nothing to set against a gateway RESUME that
-			// waited for it: it settles from now.
-			if s.settle[i].stop != nil {
-				s.armSettleLocked(i, s.resumeSettle)
-			}
-			continue
-		}
 		s.cancelSettleLocked(i)
-		s.changeScopeLocked(s.scopeAt(i), sig)
+		prior := s.gwPrior[i]
+		s.gwPrior[i] = priorState{}
+		switch {
+		case sig != SignalUnspecified:
+			s.changeScopeLocked(s.scopeAt(i), sig)
+		case prior.set:
+			back := SignalResume
+			if prior.state == Paused {
+				back = SignalPause
+			}
+			if s.changeScopeLocked(s.scopeAt(i), back) {
+				s.stats.Reverted++
+			}
+		}
 	}
 }
 

@@ -23,22 +23,25 @@ type Stats struct {
 	// terminate outlives at least (see WithTerminatedHistory).
 	TerminatedHistory int
 	// Superseded counts PAUSE and RESUME of the agent or global scope that
-	// a gateway source delivered and that were ignored because a live bus
-	// source speaks for the scope (see Source).
+	// a gateway source delivered while a bus source was live, and that
+	// were therefore ignored (see Source).
 	Superseded uint64
 	// Deferred counts PAUSE and RESUME of the agent or global scope that a
 	// bus source delivered while catching up (not yet live); the last one
 	// of each scope applies when the source goes live.
 	Deferred uint64
-	// Settled counts settle windows opened for a gateway's RESUME of a
-	// paused agent or global scope (see WithResumeSettle); a RESUME that
-	// arrives while one is open joins it. SettleCancelled counts windows
-	// that ended without applying: a newer PAUSE or TERMINATE of the
-	// scope from any source, or the bus speaking for it. The others
-	// applied when due (or were superseded, if the bus had come to speak
-	// for the scope meanwhile).
+	// Settled counts gateway RESUMEs of a paused agent or global scope
+	// that were held back, to settle (WithResumeSettle) or to wait for a
+	// bus outage to end (WithBusGrace); a RESUME that arrives while one is
+	// held joins it. SettleCancelled counts those that ended without
+	// applying: a newer PAUSE or TERMINATE of the scope from any source,
+	// or a bus source going live. The others applied.
 	Settled         uint64
 	SettleCancelled uint64
+	// Reverted counts reserved scopes returned to their state from before
+	// a bus outage when a bus source went live with nothing for them: the
+	// gateway's changes meanwhile were replays of older halts.
+	Reverted uint64
 	// Wakeups counts how often a held call was woken to re-check. Only
 	// changes that concern a call wake it, so this grows with signals for
 	// held ops, not with traffic.

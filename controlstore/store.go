@@ -72,7 +72,11 @@ type Store struct {
 	// busView is the last PAUSE or RESUME a bus source delivered for the
 	// global [0] and agent [1] scopes (SignalUnspecified: none yet).
 	busView           [2]Signal
-	settle            [2]settleTimer // a gateway RESUME settling, per reserved scope
+	settle            [2]settleTimer // a gateway RESUME pending, per reserved scope
+	gwPrior           [2]priorState  // a reserved scope's state before a gateway changed it in a bus outage
+	busGraceOver      bool           // the current bus outage has outlasted WithBusGrace
+	busGraceStop      func() bool    // the grace timer, if armed
+	busGraceGen       uint64
 	resumeSettle      time.Duration
 	busGrace          time.Duration
 	afterFunc         func(time.Duration, func()) func() bool

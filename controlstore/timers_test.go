@@ -1,6 +1,7 @@
 package controlstore_test
 
 import (
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -8,23 +9,26 @@ import (
 	"github.com/opcontrol/opcontrol/controlstore"
 )
 
-// fakeTimers stands in for time.AfterFunc: nothing fires until the test
-// says that time has passed.
+// fakeTimers stands in for time.AfterFunc: time passes only when the test
+// says so (Pass), and then every timer that has come due fires, in the
+// order of its due time.
 type fakeTimers struct {
 	mu      sync.Mutex
+	now     time.Duration
 	pending []*fakeTimer
 }
 
 type fakeTimer struct {
+	due     time.Duration
 	f       func()
 	stopped bool
 }
 
 func newFakeTimers() *fakeTimers { return &fakeTimers{} }
 
-func (ft *fakeTimers) AfterFunc(_ time.Duration, f func()) func() bool {
-	t := &fakeTimer{f: f}
+func (ft *fakeTimers) AfterFunc(d time.Duration, f func()) func() bool {
 	ft.mu.Lock()
+	t := &fakeTimer{due: ft.now + max(d, 0), f: f}
 	ft.pending = append(ft.pending, t)
 	ft.mu.Unlock()
 	return func() bool {
@@ -36,26 +40,33 @@ func (ft *fakeTimers) AfterFunc(_ time.Duration, f func()) func() bool {
 	}
 }
 
-// FireAll runs every timer that is pending and not stopped, as if their
-// time had come, and returns how many ran.
-func (ft *fakeTimers) FireAll() int {
+// Pass moves time on by d and fires every timer due by then, including
+// timers that fired timers arm, and returns how many fired.
+func (ft *fakeTimers) Pass(d time.Duration) int {
 	ft.mu.Lock()
-	due := ft.pending
-	ft.pending = nil
+	ft.now += d
 	ft.mu.Unlock()
 	n := 0
-	for _, t := range due {
+	for {
 		ft.mu.Lock()
-		run := !t.stopped
+		ft.pending = slices.DeleteFunc(ft.pending, func(t *fakeTimer) bool { return t.stopped })
+		slices.SortStableFunc(ft.pending, func(a, b *fakeTimer) int { return int(a.due - b.due) })
+		if len(ft.pending) == 0 || ft.pending[0].due > ft.now {
+			ft.mu.Unlock()
+			return n
+		}
+		t := ft.pending[0]
+		ft.pending = ft.pending[1:]
 		t.stopped = true
 		ft.mu.Unlock()
-		if run {
-			t.f()
-			n++
-		}
+		t.f()
+		n++
 	}
-	return n
 }
+
+// PassSettle lets one default settle window pass: well short of the bus
+// grace.
+func (ft *fakeTimers) PassSettle() int { return ft.Pass(controlstore.DefaultResumeSettle) }
 
 // rig is a store on fake timers fed by a gateway source, running and
 // live, and a bus source, running but not yet live (catching up).
