@@ -43,8 +43,11 @@ func (s *Store) apply(opID string, sig Signal, src *Source) error {
 	s.mu.Lock()
 	if scope != nil {
 		if src == nil {
-			// A hand-driven signal is the newest word on the scope.
-			s.cancelSettleLocked(s.scopeIndex(scope))
+			// A hand-driven signal is the newest word on the scope: no
+			// pending RESUME overrides it, and no bus undoes it.
+			i := s.scopeIndex(scope)
+			s.cancelSettleLocked(i)
+			s.gwPrior[i] = priorState{}
 		} else if !s.reconcileLocked(src, scope, sig) {
 			s.mu.Unlock()
 			return nil

@@ -287,6 +287,16 @@ func TestGatewayChangesDuringAnOutageAreConfirmedOrUndoneByTheBus(t *testing.T) 
 	if st := r.s.Stats(); st.Reverted != 1 {
 		t.Fatalf("Reverted = %d, want 1", st.Reverted)
 	}
+
+	// A hand-driven signal during an outage is final: the bus, back with
+	// nothing for the scope, does not undo it.
+	r.bus.SetLive(false)
+	apply(t, r.gw, global, pause) // replayed, old
+	if err := r.s.Apply(global, pause); err != nil {
+		t.Fatal(err)
+	}
+	r.bus.SetLive(true)
+	wantState(t, r.s, global, controlstore.Paused, "a hand-driven PAUSE during the outage")
 }
 
 // A bus that stays away past its grace no longer holds the gateway back:
