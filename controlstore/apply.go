@@ -48,6 +48,9 @@ func (s *Store) apply(opID string, sig Signal, src *Source) error {
 			i := s.scopeIndex(scope)
 			s.cancelSettleLocked(i)
 			s.gwPrior[i] = priorState{}
+			for _, other := range s.sources {
+				other.view[i] = SignalUnspecified
+			}
 		} else if !s.reconcileLocked(src, scope, sig) {
 			s.mu.Unlock()
 			return nil

@@ -341,3 +341,57 @@ func TestResumeSettleZeroStillWaitsForTheBus(t *testing.T) {
 	timers.Pass(controlstore.DefaultBusGrace)
 	wantState(t, s, global, controlstore.Running, "the grace passed")
 }
+
+// Found in the third review. Several bus sources: the one that goes live
+// first speaks; another, still catching up, cannot spoil its word.
+func TestBusSourceCatchingUpDoesNotSpoilTheLiveOnesWord(t *testing.T) {
+	r := newRig(t)
+	r.bus.SetLive(true)
+	apply(t, r.bus, global, resume, pause) // the operator's last word: pause
+	b2 := r.s.AddSource("bus-2", controlstore.SourceBus)
+	b2.Start()
+	apply(t, b2, global, resume) // catching up: only the old RESUME so far
+	r.bus.SetLive(false)
+	r.bus.SetLive(true) // back, nothing new
+	wantState(t, r.s, global, controlstore.Paused, "the live bus's last word")
+}
+
+// Found in the third review: once the gateway's word stands (past the
+// grace), the bus's RESUME from before the outage must not undo a newer
+// PAUSE that the bus lost to its retention; nor may it undo a hand-driven
+// PAUSE during a short outage.
+func TestStaleBusResumeNeverUndoesANewerPause(t *testing.T) {
+	r := newRig(t)
+	r.bus.SetLive(true)
+	apply(t, r.bus, global, pause, resume)
+	r.bus.SetLive(false)
+	r.timers.Pass(controlstore.DefaultBusGrace + time.Second)
+	apply(t, r.gw, global, pause) // the bus will never deliver it
+	r.bus.SetLive(true)
+	wantState(t, r.s, global, controlstore.Paused, "the gateway's PAUSE past the grace")
+
+	h := newRig(t)
+	h.bus.SetLive(true)
+	apply(t, h.bus, global, pause, resume)
+	h.bus.SetLive(false)
+	if err := h.s.Apply(global, pause); err != nil {
+		t.Fatal(err)
+	}
+	h.bus.SetLive(true)
+	wantState(t, h.s, global, controlstore.Paused, "a hand-driven PAUSE is the newest word")
+}
+
+// Found in the third review: a RESUME waiting when the grace ends keeps
+// its own settle window, so that a replayed PAUSE, RESUME, PAUSE that
+// straddles the end of the grace releases nothing.
+func TestGraceEndKeepsEachResumesSettleWindow(t *testing.T) {
+	r := newRig(t) // the bus started, never live: an outage from now
+	apply(t, r.gw, global, pause)
+	r.timers.Pass(controlstore.DefaultBusGrace - 200*time.Millisecond)
+	apply(t, r.gw, global, pause, resume)
+	r.timers.Pass(300 * time.Millisecond) // the grace ends
+	wantState(t, r.s, global, controlstore.Paused, "within the RESUME's settle window")
+	apply(t, r.gw, global, pause) // the replay's last PAUSE
+	r.timers.Pass(time.Minute)
+	wantState(t, r.s, global, controlstore.Paused, "the replay ended in PAUSE")
+}

@@ -64,10 +64,15 @@ func (k SourceKind) String() string {
 //     gateway changed in it during the outage was a replay of older halts
 //     and is undone (Stats.Reverted), and a RESUME still waiting is dropped.
 //   - A bus outage longer than WithBusGrace (30 s by default) ends the
-//     wait: the gateway's word stands from then on (what it changes is no
-//     longer undone, since the bus may lose halts to its retention), and
-//     its waiting RESUMEs settle. So does stopping the last bus source. A
-//     bus that stays away cannot leave a scope paused for ever.
+//     wait: the gateway's word stands from then on (what it changes is not
+//     reverted when the bus returns, since the bus may lose halts to its
+//     retention; only a PAUSE the bus last saw may still be re-asserted,
+//     the safe side), and its waiting RESUMEs settle. So does stopping the
+//     last bus source. A bus that stays away cannot leave a scope paused
+//     for ever. (A RESUME still settling when the first bus source starts
+//     waits like the others, and is dropped if the bus, live, has nothing
+//     for the scope: the scope then stays paused, the safe side, until the
+//     operator's next halt.)
 //   - Where the gateway's word stands (no bus source, or past the grace),
 //     its RESUME of a paused scope still settles first (WithResumeSettle,
 //     one second by default; Stats.Settled), and a newer PAUSE or
@@ -75,8 +80,11 @@ func (k SourceKind) String() string {
 //     so that a replayed PAUSE, RESUME, PAUSE does not let held calls run
 //     in between, provided the replay's last PAUSE arrives within the
 //     window. Releasing late is the safe side; a PAUSE applies at once.
-//   - The first bus source to start has said nothing yet: the view of a
-//     bus source that stopped is never re-asserted. A bus that detects it
+//   - A bus source that starts has said nothing yet: what it said before
+//     it stopped is never re-asserted; and when several run, the one that
+//     goes live first speaks (it has caught up, so its word is the newest).
+//     Once the gateway's word stands, a bus's RESUME from before the outage
+//     is forgotten, so that it cannot undo a newer PAUSE the bus lost. A bus that detects it
 //     lost halts (retention expired while it was away) still re-asserts its
 //     last view when it goes live: the safe side when that view is a pause,
 //     which an operator then re-issues a resume to lift.
@@ -97,6 +105,9 @@ type Source struct {
 	live    bool
 	since   time.Time
 	hold    string // non-empty: this source holds the store failing closed
+	// view is a bus source's last PAUSE or RESUME of the global [0] and
+	// agent [1] scopes since it last started (SignalUnspecified: none).
+	view [2]Signal
 }
 
 // SourceOption configures a Source.
@@ -184,12 +195,10 @@ func (src *Source) Start() {
 	if k.running == 0 && k.live == 0 {
 		k.downSince = src.since
 	}
-	if src.kind == SourceBus && k.running == 0 {
-		// The first bus source to run has said nothing yet: a view left
-		// by a bus source that stopped is no newer than what the
-		// gateway delivered since, and must not be re-asserted.
-		s.busView = [2]Signal{}
-	}
+	// A bus source that starts has said nothing yet: a view left from
+	// before it stopped is no newer than what the gateway delivered since,
+	// and must not be re-asserted.
+	src.view = [2]Signal{}
 	k.running++
 	if src.kind == SourceBus && k.running == 1 && k.live == 0 {
 		s.busDownLocked()
@@ -242,7 +251,7 @@ func (src *Source) setLiveLocked(live bool) {
 			k.failed = false
 		}
 		if src.kind == SourceBus && k.live == 1 {
-			s.busLiveLocked()
+			s.busLiveLocked(src)
 		}
 	} else {
 		k.live--
@@ -414,7 +423,7 @@ func (s *Store) reconcileLocked(src *Source, scope *entry, sig Signal) bool {
 	}
 	switch src.kind {
 	case SourceBus:
-		s.busView[i] = sig
+		src.view[i] = sig
 		if !src.live {
 			// Deferred, but the newer word: a gateway RESUME waiting for
 			// the scope must not release it meanwhile.
@@ -486,6 +495,7 @@ func (s *Store) busDownLocked() {
 	}
 	s.busGraceOver = s.busGrace <= 0
 	if s.busGraceOver {
+		s.forgetBusResumesLocked()
 		return
 	}
 	gen := s.busGraceGen
@@ -501,8 +511,28 @@ func (s *Store) busDownLocked() {
 		// RESUMEs that waited for the bus settle now.
 		s.busGraceOver, s.busGraceStop = true, nil
 		s.gwPrior = [2]priorState{}
-		s.rearmWaitingLocked(0)
+		s.forgetBusResumesLocked()
+		for i := range s.settle {
+			if st := &s.settle[i]; st.pending && st.stop == nil {
+				s.armSettleLocked(i, 0) // its window has passed; the others keep theirs
+			}
+		}
 	})
+}
+
+// forgetBusResumesLocked drops every bus source's view that is a RESUME:
+// once the gateway's word stands, a RESUME from before the outage may be
+// older than a PAUSE the bus has lost to its retention, and must never be
+// re-asserted over it. A PAUSE view may stay: re-asserting it errs on the
+// safe side. Under mu.
+func (s *Store) forgetBusResumesLocked() {
+	for _, src := range s.sources {
+		for i, sig := range src.view {
+			if sig == SignalResume {
+				src.view[i] = SignalUnspecified
+			}
+		}
+	}
 }
 
 // busGoneLocked runs when no bus source runs any more: the gateway alone
@@ -620,13 +650,13 @@ func (s *Store) changeScopeLocked(scope *entry, sig Signal) bool {
 // the bus began, so what the gateway changed during the outage was a
 // replay of older halts: the scope returns to its state from before
 // (counted in Stats.Reverted). Under mu.
-func (s *Store) busLiveLocked() {
+func (s *Store) busLiveLocked(src *Source) {
 	s.busGraceGen++
 	if s.busGraceStop != nil {
 		s.busGraceStop()
 		s.busGraceStop = nil
 	}
-	for i, sig := range s.busView {
+	for i, sig := range src.view {
 		s.cancelSettleLocked(i)
 		prior := s.gwPrior[i]
 		s.gwPrior[i] = priorState{}

@@ -62,16 +62,13 @@ type Store struct {
 
 	// Sources, under mu. failClosed is their verdict (see
 	// updateFailClosed); liveSince is when SyncStatus.Live last changed.
-	sources          []*Source
-	kinds            [numSourceKinds]kindState
-	lastLive         bool
-	liveSince        time.Time
-	manualFailClosed bool          // deprecated SetFailClosed
-	legacySource     *Source       // deprecated SetLive
-	syncCh           chan struct{} // closed and replaced when SyncStatus changes
-	// busView is the last PAUSE or RESUME a bus source delivered for the
-	// global [0] and agent [1] scopes (SignalUnspecified: none yet).
-	busView           [2]Signal
+	sources           []*Source
+	kinds             [numSourceKinds]kindState
+	lastLive          bool
+	liveSince         time.Time
+	manualFailClosed  bool           // deprecated SetFailClosed
+	legacySource      *Source        // deprecated SetLive
+	syncCh            chan struct{}  // closed and replaced when SyncStatus changes
 	settle            [2]settleTimer // a gateway RESUME pending, per reserved scope
 	gwPrior           [2]priorState  // a reserved scope's state before a gateway changed it in a bus outage
 	busGraceOver      bool           // the current bus outage has outlasted WithBusGrace
