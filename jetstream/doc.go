@@ -65,8 +65,9 @@
 // up: they have delivered everything that was pending for them when they
 // were created. The store's rules then reconcile it with the gateway
 // stream (see controlstore.Source): a TERMINATE from either applies at
-// once; while the bus source is live, agent and global PAUSE/RESUME from
-// the gateway are ignored; those the bus delivers while catching up are
+// once; while the bus source runs, the agent and global scopes follow it
+// (the gateway's PAUSE/RESUME copies are ignored while it is live, and
+// only bridge its outages); those the bus delivers while catching up are
 // deferred, and only the last one per scope applies when it goes live.
 //
 // # Positions
