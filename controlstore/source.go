@@ -132,12 +132,12 @@ func FailClosedAfter(d time.Duration) SourceOption {
 
 // kindState is what the store knows of all sources of one kind. Under mu.
 type kindState struct {
-	live      int       // running sources of this kind that are live
-	running   int       // running sources of this kind
-	downSince time.Time // when live last became 0
-	failed    bool      // its fail-closed limit has passed
-	timer     *time.Timer
-	gen       uint64 // bumped whenever the timer is re-armed; a stale timer does nothing
+	live      int         // running sources of this kind that are live
+	running   int         // running sources of this kind
+	downSince time.Time   // when live last became 0
+	failed    bool        // its fail-closed limit has passed
+	stop      func() bool // the fail-closed timer's, if armed
+	gen       uint64      // bumped whenever the timer is re-armed; a stale timer does nothing
 }
 
 // AddSource registers a source of signals. name identifies it in
@@ -298,9 +298,9 @@ func (src *Source) ReleaseFailClosed() {
 func (s *Store) rearmKind(k SourceKind) {
 	ks := &s.kinds[k]
 	ks.gen++
-	if ks.timer != nil {
-		ks.timer.Stop()
-		ks.timer = nil
+	if ks.stop != nil {
+		ks.stop()
+		ks.stop = nil
 	}
 	limit := time.Duration(-1)
 	for _, src := range s.sources {
@@ -314,12 +314,12 @@ func (s *Store) rearmKind(k SourceKind) {
 			ks.failed = true
 		} else {
 			gen := ks.gen
-			ks.timer = time.AfterFunc(wait, func() {
+			ks.stop = s.afterFunc(wait, func() {
 				s.mu.Lock()
 				defer s.unlockAndLog()
 				if ks.gen == gen && ks.live == 0 {
 					ks.failed = true
-					ks.timer = nil
+					ks.stop = nil
 					s.updateFailClosed()
 				}
 			})

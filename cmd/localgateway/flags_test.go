@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/opcontrol/opcontrol/controlstore"
+	"github.com/opcontrol/opcontrol/internal/testutil"
 )
 
 // A malformed command line is exit status 2 with a message saying what is
@@ -47,7 +48,7 @@ func TestBadFlags(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var stdout, stderr syncBuffer
+			var stdout, stderr testutil.SyncBuffer
 			if code := run(context.Background(), tt.args, &stdout, &stderr); code != 2 {
 				t.Fatalf("exit status %d, want 2; stderr:\n%s", code, stderr.String())
 			}
@@ -65,7 +66,7 @@ func TestBadFlags(t *testing.T) {
 }
 
 func TestHelp(t *testing.T) {
-	var stdout, stderr syncBuffer
+	var stdout, stderr testutil.SyncBuffer
 	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit status %d, want 0", code)
 	}
@@ -101,7 +102,7 @@ func TestGoodFlags(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var stderr syncBuffer
+			var stderr testutil.SyncBuffer
 			cfg, err := parseFlags(tt.args, &stderr)
 			if err != nil {
 				t.Fatalf("%v; stderr:\n%s", err, stderr.String())

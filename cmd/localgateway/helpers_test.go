@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,31 +29,13 @@ const (
 	waitLong  = testutil.WaitLong
 )
 
-// syncBuffer is an io.Writer the command writes to while a test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // bannerEnd is the banner's last line: once it is out, the whole banner is
 // (printBanner writes it at once) and both listeners are up.
 const bannerEnd = "# every op and its state\n"
 
 // proc is the command's run function running in-process.
 type proc struct {
-	stdout, stderr syncBuffer
+	stdout, stderr testutil.SyncBuffer
 	cancel         context.CancelFunc
 	done           chan int
 	banner

@@ -249,7 +249,7 @@ func TestAddressInUse(t *testing.T) {
 	for _, tt := range []struct{ flag, want string }{{"-grpc", "gRPC on " + addr}, {"-http", "operator API on " + addr}} {
 		t.Run(tt.flag, func(t *testing.T) {
 			args := []string{"-grpc", "127.0.0.1:0", "-http", "127.0.0.1:0", tt.flag, addr}
-			var stdout, stderr syncBuffer
+			var stdout, stderr testutil.SyncBuffer
 			if code := run(context.Background(), args, &stdout, &stderr); code != 1 {
 				t.Fatalf("exit status %d, want 1", code)
 			}
@@ -266,12 +266,12 @@ func TestAddressInUse(t *testing.T) {
 // The operator API drops a client that never finishes its request headers,
 // so that none can hold a connection (or the shutdown) for ever.
 func TestSlowClientIsCutOff(t *testing.T) {
-	cfg, err := parseFlags([]string{"-grpc", "127.0.0.1:0", "-http", "127.0.0.1:0"}, &syncBuffer{})
+	cfg, err := parseFlags([]string{"-grpc", "127.0.0.1:0", "-http", "127.0.0.1:0"}, &testutil.SyncBuffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.timeouts.readHeader = 100 * time.Millisecond
-	var stdout, stderr syncBuffer
+	var stdout, stderr testutil.SyncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- serve(ctx, cfg, &stdout, testLogger(&stderr), func() {}) }()
@@ -320,7 +320,7 @@ func TestPrintedLinesSurviveTheShell(t *testing.T) {
 		agent: controlstore.Agent{OrgID: `acme corp's "R&D"`, TeamID: "$HOME `id` \\ *", AgentID: "did:key:z6Mk;日本"},
 		token: `tok'en"$x`,
 	}
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	printBanner(&out, "127.0.0.1:50051", "127.0.0.1:7391", "", []agentCred{a})
 	var envLine, curlLine string
 	for line := range strings.SplitSeq(out.String(), "\n") {

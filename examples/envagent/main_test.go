@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,23 +29,6 @@ const devToken = "env-agent-token"
 // Generous for a loaded machine under -race; a passing test never waits
 // this long.
 const waitLong = testutil.WaitLong
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // localGateway is the local gateway in-process, as cmd/localgateway runs
 // it: gatewaytest admitting dev, and the operator API over real HTTP. It
@@ -77,7 +58,7 @@ func localGateway(t *testing.T) *httptest.Server {
 
 // agentRun is the agent's run function running in-process.
 type agentRun struct {
-	out, errs syncBuffer
+	out, errs testutil.SyncBuffer
 	cancel    context.CancelFunc
 	done      chan int
 }
@@ -251,7 +232,7 @@ func TestFailures(t *testing.T) {
 
 func TestBadFlags(t *testing.T) {
 	for _, args := range [][]string{{"-every", "0s"}, {"-wait", "-1s"}, {"extra"}, {"-api", "127.0.0.1:7391"}, {"-api", "ftp://x"}, {"-nope"}} {
-		var out, errs syncBuffer
+		var out, errs testutil.SyncBuffer
 		if code := run(context.Background(), args, &out, &errs); code != 2 {
 			t.Errorf("%q: exit status %d, want 2", args, code)
 		}
